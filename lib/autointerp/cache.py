@@ -1,0 +1,367 @@
+"""Streaming sparse cache of SAE latent activations.
+
+Layout of ``<run>/cache``::
+
+    tokens.npy              int32 [n_rows, ctx_len], written once
+    manifest.json           what made this cache (model, hook, SAE, corpus hash, shard size)
+    shards/shard_00000.npz  non-zeros of rows [i*shard_rows, (i+1)*shard_rows):
+                            row int32, pos int16, latent int32, value float16
+    index/                  the same non-zeros sorted by latent (memory-mapped .npy):
+                            ptr int64 [d_sae+1], flat int64 (row*ctx_len+pos), value float16
+    stats.npz               per-latent count, max, sum, top token share
+
+Every file is written to a temporary name and renamed, so a crash leaves no half shard; a rerun
+skips the shards that exist. RAM is bounded by one shard, whatever ``n_tokens`` is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+SHARD_FIELDS = ("row", "pos", "latent", "value")
+
+
+@dataclass(frozen=True)
+class CacheManifest:
+    model: str
+    hook: str
+    sae_id: str
+    sae_hash: str
+    d_sae: int
+    ctx_len: int
+    n_rows: int
+    shard_rows: int
+    corpus_hash: str
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_rows)
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per-latent summary of a finished cache (arrays of length d_sae)."""
+
+    count: np.ndarray  # tokens on which the latent fires
+    max_act: np.ndarray
+    mean_act: np.ndarray  # mean over the tokens where it fires
+    top_token_share: np.ndarray  # share of its top activations that land on its most common token
+    n_tokens: int
+
+    @property
+    def firing_rate(self) -> np.ndarray:
+        return self.count / self.n_tokens
+
+    @property
+    def dead(self) -> np.ndarray:
+        return self.count == 0
+
+    def single_token(self, share: float = 0.8) -> np.ndarray:
+        """Latents whose top activations mostly sit on one token id."""
+        return (self.top_token_share >= share) & ~self.dead
+
+    def summary(self) -> dict[str, float]:
+        alive = ~self.dead
+        return {"n_latents": int(self.count.size), "n_tokens": self.n_tokens,
+                "frac_alive": float(alive.mean()),
+                "frac_firing_gt_1pct": float((self.firing_rate > 0.01).mean()),
+                "frac_firing_gt_10pct": float((self.firing_rate > 0.10).mean()),
+                "frac_single_token": float(self.single_token().mean()),
+                "mean_l0": float(self.count.sum() / self.n_tokens)}
+
+
+def _save_atomic(path: Path, writer: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    writer(tmp)
+    os.replace(tmp, path)
+
+
+def _npz_writer(arrays: dict[str, np.ndarray]) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return write
+
+
+def sae_fingerprint(sae) -> str:
+    """Short hash of an SAE's weights, so a cache knows which SAE made it."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes()[:1 << 20])
+    return h.hexdigest()[:16]
+
+
+def hooked_output(subject, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
+    """Output of the hooked module, [B, T, d]; the forward stops there (nnsight ``tracer.stop``)."""
+    envoy = subject.envoy(hook)
+    with torch.inference_mode():
+        with subject.nn.trace(input_ids) as tracer:
+            out = envoy.output
+            hidden = (out[0] if isinstance(out, tuple) else out).save()
+            tracer.stop()
+    return hidden
+
+
+def encode_batch(subject, sae, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
+    """Forward up to ``hook`` only and encode with the SAE: [B, T, d_sae]."""
+    hidden = hooked_output(subject, hook, input_ids)
+    with torch.inference_mode():
+        return sae.encode(hidden.to(sae.W_enc.dtype))
+
+
+def sparsify(acts: torch.Tensor, row0: int) -> dict[str, np.ndarray]:
+    """Non-zeros of [B, T, d_sae] activations as shard arrays (rows offset by ``row0``)."""
+    b, t, l = acts.nonzero(as_tuple=True)
+    return {"row": (b + row0).to(torch.int32).numpy(), "pos": t.to(torch.int16).numpy(),
+            "latent": l.to(torch.int32).numpy(),
+            "value": acts[b, t, l].to(torch.float16).numpy()}
+
+
+class ShardWriter:
+    """Writes shards on a background thread so disk I/O overlaps the next forward."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        self.join()
+
+        def run() -> None:
+            try:
+                _save_atomic(path, _npz_writer(arrays))
+            except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
+                self._error = err
+        self._thread = threading.Thread(target=run, daemon=False)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *, sae_id: str,
+                corpus_hash: str, batch_size: int = 16, shard_rows: int = 256,
+                progress: bool = True) -> "CacheReader":
+    """Cache the SAE's non-zero activations over ``tokens`` rows; resumes an interrupted run."""
+    cache_dir = Path(cache_dir)
+    n_rows, ctx_len = tokens.shape
+    manifest = CacheManifest(model=subject.name, hook=hook, sae_id=sae_id,
+                             sae_hash=sae_fingerprint(sae), d_sae=int(sae.cfg.d_sae),
+                             ctx_len=int(ctx_len), n_rows=int(n_rows), shard_rows=int(shard_rows),
+                             corpus_hash=corpus_hash)
+    _prepare(cache_dir, manifest, tokens)
+    shard_dir = cache_dir / "shards"
+    todo = [i for i in range(manifest.n_shards) if not _shard_path(shard_dir, i).exists()]
+    writer = ShardWriter()
+    bar = tqdm(total=n_rows * ctx_len, unit="tok", desc="caching", disable=not progress)
+    bar.update((manifest.n_shards - len(todo)) * shard_rows * ctx_len)
+    try:
+        for i in todo:
+            lo, hi = i * shard_rows, min((i + 1) * shard_rows, n_rows)
+            parts = []
+            for b0 in range(lo, hi, batch_size):
+                b1 = min(b0 + batch_size, hi)
+                ids = torch.from_numpy(np.ascontiguousarray(tokens[b0:b1])).long().to(subject.device)
+                parts.append(sparsify(encode_batch(subject, sae, hook, ids).cpu(), b0))
+                bar.update((b1 - b0) * ctx_len)
+            writer.submit(_shard_path(shard_dir, i),
+                          {k: np.concatenate([p[k] for p in parts]) for k in SHARD_FIELDS})
+        writer.join()
+    finally:
+        bar.close()
+    if not (cache_dir / "index" / "ptr.npy").exists():
+        build_index(cache_dir, manifest)
+    return CacheReader(cache_dir)
+
+
+def _shard_path(shard_dir: Path, i: int) -> Path:
+    return shard_dir / f"shard_{i:05d}.npz"
+
+
+def _prepare(cache_dir: Path, manifest: CacheManifest, tokens: np.ndarray) -> None:
+    """Create the cache folder, or check that an existing one was made with the same settings."""
+    shard_dir = cache_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.rglob("*.tmp"):  # leftovers of an interrupted write
+        stale.unlink()
+    mpath = cache_dir / "manifest.json"
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        diff = {k: (old.get(k), v) for k, v in asdict(manifest).items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"The cache in {cache_dir} was made with other settings {diff} (old, new). Use a "
+                "new run_dir, or delete that cache folder to rebuild it."
+            )
+        return
+    _save_atomic(cache_dir / "tokens.npy", lambda p: np.save(open(p, "wb"), tokens.astype(np.int32)))
+    _save_atomic(mpath, lambda p: p.write_text(json.dumps(asdict(manifest), indent=2)))
+
+
+def _iter_shards(cache_dir: Path, manifest: CacheManifest) -> Iterable[dict[str, np.ndarray]]:
+    for i in range(manifest.n_shards):
+        with np.load(_shard_path(cache_dir / "shards", i)) as z:
+            yield {k: z[k] for k in SHARD_FIELDS}
+
+
+def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50) -> None:
+    """Counting sort of all non-zeros by latent into memory-mapped arrays, then per-latent stats.
+
+    Two passes over the shards; RAM holds one shard plus O(d_sae) counters.
+    """
+    d = manifest.d_sae
+    counts = np.zeros(d, np.int64)
+    for s in _iter_shards(cache_dir, manifest):
+        counts += np.bincount(s["latent"], minlength=d)
+    ptr = np.zeros(d + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    idx_dir = cache_dir / "index"
+    tmp_dir = cache_dir / "index.tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    n = int(ptr[-1])
+    flat = np.lib.format.open_memmap(tmp_dir / "flat.npy", "w+", np.int64, (max(n, 1),))
+    value = np.lib.format.open_memmap(tmp_dir / "value.npy", "w+", np.float16, (max(n, 1),))
+    cursor = ptr[:-1].copy()
+    for s in _iter_shards(cache_dir, manifest):
+        order = np.argsort(s["latent"], kind="stable")
+        lat = s["latent"][order]
+        c = np.bincount(lat, minlength=d)
+        starts = np.cumsum(c) - c
+        dest = cursor[lat] + (np.arange(lat.size) - starts[lat])
+        flat[dest] = s["row"][order].astype(np.int64) * manifest.ctx_len + s["pos"][order]
+        value[dest] = s["value"][order]
+        cursor += c
+    flat.flush()
+    value.flush()
+    del flat, value
+    np.save(tmp_dir / "ptr.npy", ptr)
+    if idx_dir.exists():
+        import shutil
+        shutil.rmtree(idx_dir)
+    os.replace(tmp_dir, idx_dir)
+    _write_stats(cache_dir, manifest, top_n)
+
+
+def _write_stats(cache_dir: Path, manifest: CacheManifest, top_n: int) -> None:
+    reader = CacheReader(cache_dir, load_stats=False)
+    d = manifest.d_sae
+    count = np.diff(reader.ptr)
+    max_act = np.zeros(d, np.float32)
+    mean_act = np.zeros(d, np.float32)
+    share = np.zeros(d, np.float32)
+    flat_tokens = reader.tokens.reshape(-1)
+    for j in np.flatnonzero(count):
+        flat, vals = reader.latent(j)
+        vals = vals.astype(np.float32)
+        max_act[j] = vals.max()
+        mean_act[j] = vals.mean()
+        top = flat[np.argsort(-vals, kind="stable")[:top_n]]
+        _, freq = np.unique(flat_tokens[top], return_counts=True)
+        share[j] = freq.max() / top.size
+    _save_atomic(cache_dir / "stats.npz", _npz_writer(
+        {"count": count, "max_act": max_act, "mean_act": mean_act, "top_token_share": share,
+         "n_tokens": np.array(manifest.n_rows * manifest.ctx_len)}))
+
+
+class CacheReader:
+    """Read a finished cache: tokens, per-latent activations and stats, all memory-mapped."""
+
+    def __init__(self, cache_dir: str | os.PathLike, load_stats: bool = True) -> None:
+        self.dir = Path(cache_dir)
+        if not (self.dir / "index" / "ptr.npy").exists():
+            raise FileNotFoundError(
+                f"No finished cache in {self.dir}: run notebooks/01_caching.ipynb for this run dir "
+                "(an interrupted cache resumes where it stopped)."
+            )
+        self.manifest = CacheManifest(**json.loads((self.dir / "manifest.json").read_text()))
+        self.tokens: np.ndarray = np.load(self.dir / "tokens.npy", mmap_mode="r")
+        self.ptr: np.ndarray = np.load(self.dir / "index" / "ptr.npy")
+        self._flat = np.load(self.dir / "index" / "flat.npy", mmap_mode="r")
+        self._value = np.load(self.dir / "index" / "value.npy", mmap_mode="r")
+        self.stats: LatentStats | None = None
+        if load_stats:
+            with np.load(self.dir / "stats.npz") as z:
+                self.stats = LatentStats(count=z["count"], max_act=z["max_act"],
+                                         mean_act=z["mean_act"],
+                                         top_token_share=z["top_token_share"],
+                                         n_tokens=int(z["n_tokens"]))
+
+    @property
+    def ctx_len(self) -> int:
+        return self.manifest.ctx_len
+
+    @property
+    def d_sae(self) -> int:
+        return self.manifest.d_sae
+
+    def latent(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flat token positions (row*ctx_len+pos) and values of every token where latent j fires."""
+        if not 0 <= j < self.d_sae:
+            raise IndexError(f"latent {j} out of range: this SAE has {self.d_sae} latents.")
+        a, b = self.ptr[j], self.ptr[j + 1]
+        return np.asarray(self._flat[a:b]), np.asarray(self._value[a:b], dtype=np.float32)
+
+    def dense_row(self, row: int, j: int) -> np.ndarray:
+        """Activation of latent j along one row (zeros where it is silent)."""
+        flat, vals = self.latent(j)
+        out = np.zeros(self.ctx_len, np.float32)
+        mask = (flat // self.ctx_len) == row
+        out[flat[mask] % self.ctx_len] = vals[mask]
+        return out
+
+    def top_windows(self, j: int, n: int = 10, width: int = 32, tokenizer=None) -> list["Window"]:
+        """The n most activating windows of latent j, each centred so its peak sits ~3/4 in."""
+        flat, vals = self.latent(j)
+        if flat.size == 0:
+            return []
+        rows = flat // self.ctx_len
+        # One window per row: the row's strongest token.
+        order = np.lexsort((-vals, rows))
+        first = np.ones(order.size, bool)
+        first[1:] = rows[order][1:] != rows[order][:-1]
+        best = order[first]
+        best = best[np.argsort(-vals[best], kind="stable")][:n]
+        wins = []
+        for i in best:
+            row, pos = int(rows[i]), int(flat[i] % self.ctx_len)
+            start = min(max(pos - (3 * width) // 4, 0), max(self.ctx_len - width, 0))
+            dense = self.dense_row(row, j)[start:start + width]
+            toks = self.tokens[row, start:start + width]
+            text = [tokenizer.decode([int(t)]) for t in toks] if tokenizer is not None else None
+            wins.append(Window(latent=j, row=row, start=start, peak=pos - start,
+                               token_ids=tuple(int(t) for t in toks),
+                               acts=tuple(float(a) for a in dense),
+                               tokens=tuple(text) if text else None))
+        return wins
+
+
+@dataclass(frozen=True)
+class Window:
+    """A slice of one row with the latent's activation on each token."""
+
+    latent: int
+    row: int
+    start: int
+    peak: int  # index of the max activation inside the window
+    token_ids: tuple[int, ...]
+    acts: tuple[float, ...]
+    tokens: tuple[str, ...] | None = None
+
+    @property
+    def max_act(self) -> float:
+        return max(self.acts)

@@ -1,0 +1,163 @@
+"""The subject model: embedded SmolLM2 (from a gguf), a local HF folder, or a hub id; nnsight-wrapped.
+
+Hook points are module paths in the Hugging Face model, e.g. ``model.layers.8`` (residual stream
+after block 8) or ``model.layers.8.mlp`` (MLP output). The same paths name nnsight envoys.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import EMBEDDED_MODEL
+from .paths import data_dir, embedded_gguf
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class SubjectModel:
+    """A causal LM, its tokenizer and its nnsight wrapper, plus where it came from."""
+
+    hf: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for ("embedded", a folder, a hub id)
+    source: str  # the folder or id it was actually loaded from
+    _nn: object | None = None
+
+    @property
+    def nn(self):
+        """nnsight wrapper (TransformersModel) around the same weights; built on first use."""
+        if self._nn is None:
+            import nnsight
+
+            self._nn = nnsight.TransformersModel(self.hf, tokenizer=self.tokenizer,
+                                                 task="text-generation")
+        return self._nn
+
+    def module(self, hook: str) -> torch.nn.Module:
+        """The torch module at a hook path, with a clear error listing close names."""
+        try:
+            return self.hf.get_submodule(hook)
+        except AttributeError:
+            names = [n for n, _ in self.hf.named_modules() if n]
+            close = difflib.get_close_matches(hook, names, n=5, cutoff=0.5)
+            raise ValueError(
+                f"Unknown hook {hook!r} in {self.name}: no module has that path. "
+                f"Close matches: {close or names[:5]}. Hooks are module paths such as "
+                f"'model.layers.8' (residual) or 'model.layers.8.mlp' (MLP output)."
+            ) from None
+
+    def envoy(self, hook: str):
+        """The nnsight envoy at a hook path (``model.layers.8`` -> ``nn.model.layers[8]``)."""
+        self.module(hook)
+        node = self.nn
+        for part in hook.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
+
+    def hook_dim(self, hook: str) -> int:
+        """Width of the hooked module's output, read off one tiny forward."""
+        seen: list[int] = []
+
+        def grab(_m, _i, out):
+            seen.append((out[0] if isinstance(out, tuple) else out).shape[-1])
+            raise _Stop
+
+        handle = self.module(hook).register_forward_hook(grab)
+        try:
+            with torch.inference_mode():
+                self.hf(torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device))
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.hf.config.num_hidden_layers)
+
+    def describe(self) -> dict:
+        cfg = self.hf.config
+        return {"name": self.name, "source": self.source, "architecture": type(self.hf).__name__,
+                "n_layers": cfg.num_hidden_layers, "d_model": cfg.hidden_size,
+                "d_mlp": getattr(cfg, "intermediate_size", None), "vocab": cfg.vocab_size,
+                "n_params": sum(p.numel() for p in self.hf.parameters())}
+
+
+class _Stop(Exception):
+    """Raised inside a forward hook to stop the forward early."""
+
+
+def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
+    """Load the subject model: ``"embedded"``, a local HF folder, or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    if spec == EMBEDDED_MODEL:
+        source = str(embedded_model_dir())
+    elif Path(spec).expanduser().is_dir():
+        source = str(Path(spec).expanduser().resolve())
+    elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        raise ValueError(f"Model folder {spec!r} does not exist (or is not a folder).")
+    else:
+        source = spec
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except OSError as err:
+        if source != spec:
+            raise
+        raise RuntimeError(
+            f"Could not load {spec!r} from the Hugging Face hub ({err.__class__.__name__}): the hub "
+            "is unreachable from here or the id is wrong. On a machine with access run "
+            f"`hf download {spec} --local-dir SOME/FOLDER`, copy the folder here and pass "
+            "model='SOME/FOLDER'; or use model='embedded'."
+        ) from err
+    hf.to(device).eval()
+    return SubjectModel(hf=hf, tokenizer=tok, name=spec, source=source)
+
+
+def embedded_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as safetensors under data/models, converted once from the gguf."""
+    out = data_dir() / "models" / EMBEDDED_NAME
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    convert_gguf(embedded_gguf(), out)
+    return out
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a gguf with transformers and save it as a plain HF folder (atomic)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # save_pretrained refuses gguf-quantised models: rebuild from a config without quantization.
+    cfg_dict = loaded.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    cfg = AutoConfig.for_model(**cfg_dict)
+    fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise RuntimeError(f"gguf conversion mismatch: missing {missing}, unexpected {unexpected}")
+    if cfg.tie_word_embeddings:
+        fresh.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "autointerp_source.json").write_text(json.dumps({"converted_from": name}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,74 @@
+"""Run the notebook sequence with papermill into one run directory.
+
+    python -m autointerp.run --profile demo                 # all chapters, data/runs/demo
+    python -m autointerp.run --profile smoke --run-dir /tmp/r --only 00 01
+    python -m autointerp.run -p model=/models/gpt2 -p hook=transformer.h.6
+
+Executed notebooks land in ``<run_dir>/notebooks``; every stage writes its results beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+from .config import PROFILES, resolve
+from .paths import repo_root
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """The numbered chapters, in order (optionally only those whose number is listed)."""
+    found = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if p.name[:2] in {o.zfill(2) for o in only}]
+        if not found:
+            raise SystemExit(f"No notebook matches --only {only}.")
+    return found
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise SystemExit(f"-p expects KEY=VALUE, got {text!r}.")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def run(profile: str, run_dir: Path, only: list[str] | None = None,
+        params: dict[str, object] | None = None) -> Path:
+    import papermill as pm
+
+    cfg = resolve(profile, run_dir)  # validates the profile before anything runs
+    out_dir = cfg.path.notebooks_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for nb in notebooks(only):
+        t0 = time.perf_counter()
+        print(f"[autointerp] {nb.name} ...", flush=True)
+        pm.execute_notebook(
+            str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
+            parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
+        )
+        print(f"[autointerp] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"[autointerp] run directory: {cfg.run_dir}")
+    return Path(cfg.run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    ap.add_argument("--run-dir", type=Path, default=None, help="default: data/runs/<profile>")
+    ap.add_argument("--only", nargs="*", help="chapter numbers to run, e.g. 00 01")
+    ap.add_argument("-p", "--param", action="append", default=[], help="notebook parameter KEY=VALUE")
+    args = ap.parse_args(argv)
+    params = dict(_parse_param(p) for p in args.param)
+    run(args.profile, args.run_dir, args.only, params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

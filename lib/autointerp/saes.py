@@ -1,0 +1,166 @@
+"""SAE sources: an sae-lens release, an sae-lens folder, a sparsify folder, or one trained here.
+
+The ``sae`` setting picks the source:
+- ``"train"``: train a TopK SAE with sae-lens's training runner on the run's model and corpus and
+  save it (sae-lens format) in ``<run>/sae``; a later run finds it there and does not retrain.
+- a folder: an sae-lens folder (``cfg.json`` + ``sae_weights.safetensors``) or a sparsify folder
+  (``cfg.json`` + ``sae.safetensors``), told apart by their weight file.
+- ``"sae-lens:RELEASE/SAE_ID"``: ``SAE.from_pretrained`` (needs the hub).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sae_lens import SAE
+
+SAE_LENS_WEIGHTS = "sae_weights.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What training produced and how long it took."""
+
+    path: str
+    d_in: int
+    d_sae: int
+    k: int
+    hook: str
+    training_tokens: int
+    seconds: float
+    fvu: float  # fraction of variance unexplained on held-out rows
+    frac_alive: float  # latents that fired at least once on held-out rows
+
+
+def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
+    """Load an SAE from a folder or an sae-lens release (see module docstring)."""
+    if spec.startswith("sae-lens:"):
+        release, _, sae_id = spec.removeprefix("sae-lens:").partition("/")
+        if not sae_id:
+            raise ValueError(f"{spec!r}: write sae-lens releases as 'sae-lens:RELEASE/SAE_ID'.")
+        try:
+            sae = SAE.from_pretrained(release, sae_id, device=device)
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - network errors come in many types
+            raise RuntimeError(
+                f"Could not download SAE {sae_id!r} of release {release!r} "
+                f"({type(err).__name__}: {err}). The hub may be unreachable from here: download "
+                "the SAE elsewhere (sae.save_model(folder)) and pass sae='that/folder', or use "
+                "sae='train' to train one here."
+            ) from err
+        return sae.to(dtype=getattr(torch, dtype))
+    path = Path(spec).expanduser()
+    if (path / SAE_LENS_WEIGHTS).exists():
+        sae = SAE.load_from_disk(str(path), device=device)
+    elif (path / SPARSIFY_WEIGHTS).exists():
+        from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader
+
+        sae = SAE.load_from_disk(str(path), device=device, converter=sparsify_disk_loader)
+    elif path.is_dir():
+        raise ValueError(
+            f"{path} is not an SAE folder: expected {SAE_LENS_WEIGHTS} (sae-lens) or "
+            f"{SPARSIFY_WEIGHTS} (sparsify) next to a cfg.json."
+        )
+    else:
+        raise ValueError(
+            f"SAE {spec!r} not found: pass 'train', an SAE folder, or 'sae-lens:RELEASE/SAE_ID'."
+        )
+    return sae.to(dtype=getattr(torch, dtype))
+
+
+def check_fits(sae: SAE, subject, hook: str) -> int:
+    """Raise a clear error unless the SAE's d_in equals the width of the hooked module's output."""
+    d_hook = subject.hook_dim(hook)
+    d_in = int(sae.cfg.d_in)
+    if d_in != d_hook:
+        raise ValueError(
+            f"SAE d_in {d_in} != width {d_hook} of {hook} in {subject.name}: this SAE was trained "
+            "on another model or hook point. Pick the hook it was trained on "
+            f"(its metadata says {sae.cfg.metadata.hook_name!r}) or another SAE."
+        )
+    return d_in
+
+
+def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: int, k: int,
+               batch_tokens: int = 2048, lr: float = 4e-4, seed: int = 0,
+               heldout_rows: int = 32, progress: bool = True) -> TrainReport:
+    """Train a TopK SAE with sae-lens's runner on pre-packed token rows; save it in ``out_dir``.
+
+    The last ``heldout_rows`` rows are kept out of training and used for FVU / alive-latent figures.
+    """
+    import datasets
+    from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
+                          LoggingConfig, TopKTrainingSAEConfig)
+    from sae_lens.load_model import HookedProxyLM
+
+    n_rows, ctx_len = tokens.shape
+    if n_rows <= heldout_rows + 1:
+        raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
+    train_rows, held = tokens[:-heldout_rows], tokens[-heldout_rows:]
+    d_in = subject.hook_dim(hook)
+    store_prompts = max(1, min(16, batch_tokens // ctx_len))
+    n_buffer = max(2, -(-batch_tokens // (store_prompts * ctx_len)) * 2)
+    cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=width, k=k, dtype="float32", device="cpu"),
+        model_class_name="AutoModelForCausalLM", model_name=subject.source, hook_name=hook,
+        dataset_path="autointerp-packed", is_dataset_tokenized=True, streaming=False,
+        context_size=ctx_len, prepend_bos=False, training_tokens=int(train_rows.size),
+        train_batch_size_tokens=batch_tokens, store_batch_size_prompts=store_prompts,
+        n_batches_in_buffer=n_buffer, lr=lr, seed=seed, device=str(subject.device),
+        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, save_final_checkpoint=False,
+        checkpoint_path=str(out_dir / "checkpoints"), output_path=None,
+        n_batches_for_norm_estimate=4, verbose=progress,
+    )
+    dataset = datasets.Dataset.from_dict({"input_ids": train_rows.astype(np.int64).tolist()})
+    proxy = HookedProxyLM(subject.hf, subject.tokenizer, hook_names=[hook])
+    logging.getLogger("sae_lens").setLevel(logging.ERROR)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=proxy)
+    trained = runner.run()
+    seconds = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained.save_inference_model(str(out_dir))
+    sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
+    fvu, alive = evaluate(sae, subject, hook, held)
+    report = TrainReport(path=str(out_dir), d_in=d_in, d_sae=width, k=k, hook=hook,
+                         training_tokens=int(train_rows.size), seconds=round(seconds, 1),
+                         fvu=fvu, frac_alive=alive)
+    (out_dir / "train_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    return report
+
+
+def hooked_activations(subject, hook: str, tokens: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+    """Outputs of the hooked module for rows of tokens, [n_rows, ctx_len, d] (stops early)."""
+    from .cache import hooked_output
+
+    outs = []
+    for b0 in range(0, len(tokens), batch_size):
+        ids = torch.from_numpy(np.ascontiguousarray(tokens[b0:b0 + batch_size])).long()
+        outs.append(hooked_output(subject, hook, ids.to(subject.device)).float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate(sae: SAE, subject, hook: str, tokens: np.ndarray) -> tuple[float, float]:
+    """Fraction of variance unexplained and fraction of latents alive on the given rows."""
+    x = hooked_activations(subject, hook, tokens).reshape(-1, int(sae.cfg.d_in))
+    with torch.inference_mode():
+        z = sae.encode(x.to(sae.W_enc.dtype))
+        x_hat = sae.decode(z).float()
+    fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    alive = float((z > 0).any(0).float().mean())
+    return round(fvu, 4), round(alive, 4)
+
+
+def describe(sae: SAE) -> dict:
+    meta = sae.cfg.metadata
+    return {"architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
+            "d_sae": int(sae.cfg.d_sae), "hook_name": getattr(meta, "hook_name", None),
+            "model_name": getattr(meta, "model_name", None)}
