@@ -41,6 +41,11 @@ class CacheManifest:
     n_rows: int
     shard_rows: int
     corpus_hash: str
+    first_pos: int = 1  # positions before this (BOS) are not cached
+
+    @property
+    def n_cached_tokens(self) -> int:
+        return self.n_rows * (self.ctx_len - self.first_pos)
 
     @property
     def n_shards(self) -> int:
@@ -119,9 +124,10 @@ def encode_batch(subject, sae, hook: str, input_ids: torch.Tensor) -> torch.Tens
         return sae.encode(hidden.to(sae.W_enc.dtype))
 
 
-def sparsify(acts: torch.Tensor, row0: int) -> dict[str, np.ndarray]:
-    """Non-zeros of [B, T, d_sae] activations as shard arrays (rows offset by ``row0``)."""
-    b, t, l = acts.nonzero(as_tuple=True)
+def sparsify(acts: torch.Tensor, row0: int, first_pos: int = 0) -> dict[str, np.ndarray]:
+    """Non-zeros of [B, T, d_sae] activations at positions >= first_pos, as shard arrays."""
+    b, t, l = acts[:, first_pos:].nonzero(as_tuple=True)
+    t = t + first_pos
     return {"row": (b + row0).to(torch.int32).numpy(), "pos": t.to(torch.int16).numpy(),
             "latent": l.to(torch.int32).numpy(),
             "value": acts[b, t, l].to(torch.float16).numpy()}
@@ -155,15 +161,15 @@ class ShardWriter:
 
 
 def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *, sae_id: str,
-                corpus_hash: str, batch_size: int = 16, shard_rows: int = 256,
-                progress: bool = True) -> "CacheReader":
+                corpus_hash: str, first_pos: int = 1, batch_size: int = 16,
+                shard_rows: int = 256, progress: bool = True) -> "CacheReader":
     """Cache the SAE's non-zero activations over ``tokens`` rows; resumes an interrupted run."""
     cache_dir = Path(cache_dir)
     n_rows, ctx_len = tokens.shape
     manifest = CacheManifest(model=subject.name, hook=hook, sae_id=sae_id,
                              sae_hash=sae_fingerprint(sae), d_sae=int(sae.cfg.d_sae),
                              ctx_len=int(ctx_len), n_rows=int(n_rows), shard_rows=int(shard_rows),
-                             corpus_hash=corpus_hash)
+                             corpus_hash=corpus_hash, first_pos=int(first_pos))
     _prepare(cache_dir, manifest, tokens)
     shard_dir = cache_dir / "shards"
     todo = [i for i in range(manifest.n_shards) if not _shard_path(shard_dir, i).exists()]
@@ -177,7 +183,7 @@ def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *,
             for b0 in range(lo, hi, batch_size):
                 b1 = min(b0 + batch_size, hi)
                 ids = torch.from_numpy(np.ascontiguousarray(tokens[b0:b1])).long().to(subject.device)
-                parts.append(sparsify(encode_batch(subject, sae, hook, ids).cpu(), b0))
+                parts.append(sparsify(encode_batch(subject, sae, hook, ids).cpu(), b0, first_pos))
                 bar.update((b1 - b0) * ctx_len)
             writer.submit(_shard_path(shard_dir, i),
                           {k: np.concatenate([p[k] for p in parts]) for k in SHARD_FIELDS})
@@ -275,7 +281,7 @@ def _write_stats(cache_dir: Path, manifest: CacheManifest, top_n: int) -> None:
         share[j] = freq.max() / top.size
     _save_atomic(cache_dir / "stats.npz", _npz_writer(
         {"count": count, "max_act": max_act, "mean_act": mean_act, "top_token_share": share,
-         "n_tokens": np.array(manifest.n_rows * manifest.ctx_len)}))
+         "n_tokens": np.array(manifest.n_cached_tokens)}))
 
 
 class CacheReader:
@@ -365,3 +371,11 @@ class Window:
     @property
     def max_act(self) -> float:
         return max(self.acts)
+
+
+def for_run(cfg, subject, sae, packed, progress: bool = True) -> CacheReader:
+    """Cache the run's first ``n_tokens`` of the packed corpus into ``<run>/cache`` (resumable)."""
+    rows = packed.tokens[: cfg.n_tokens // cfg.ctx_len]
+    return build_cache(cfg.path.cache_dir, subject, sae, cfg.hook, rows, sae_id=cfg.sae,
+                       corpus_hash=packed.content_hash, first_pos=packed.first_pos,
+                       batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, progress=progress)

@@ -121,11 +121,7 @@ def save(cfg: RunConfig, provenance: dict[str, Any] | None = None) -> Path:
                 f"Run directory {rd.root} already holds results made with other settings "
                 f"{changed} (old, new). Use a new run_dir, or delete that folder to start over."
             )
-    payload = {"config": cfg.to_dict(), "provenance": provenance or {}}
-    tmp = rd.config_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, rd.config_file)
-    return rd.config_file
+    return write_json(rd.config_file, {"config": cfg.to_dict(), "provenance": provenance or {}})
 
 
 # Settings that decide the SAE and the cache: changing them invalidates what a run dir holds.
@@ -165,3 +161,13 @@ def provenance() -> dict[str, Any]:
         except PackageNotFoundError:
             pkgs[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs}
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+    return path

@@ -8,7 +8,9 @@ Sources (the ``corpus`` setting):
 - ``hf:NAME[:SPLIT]``: a Hugging Face dataset's ``text`` column (needs the hub).
 
 Documents are shuffled with a fixed seed, tokenised, joined by the end-of-text token and packed
-into rows of ``ctx_len`` tokens. The token array's content hash goes with the run.
+into rows of ``ctx_len`` tokens, each row starting with the BOS token. Position 0 is the model's
+attention sink (its residual norm is ~4x the others in SmolLM2), so the cache and the SAE skip it.
+The token array's content hash goes with the run.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class PackedCorpus:
     seed: int
     n_documents: int
     content_hash: str  # sha256 of spec, tokenizer name and the token bytes
+    first_pos: int = 1  # positions before this are BOS, never cached or trained on
 
     @property
     def n_tokens(self) -> int:
@@ -69,18 +72,19 @@ def load_documents(spec: str) -> list[Document]:
 
 def pack(docs: list[Document], tokenizer, ctx_len: int, n_tokens: int, seed: int,
          spec: str = "") -> PackedCorpus:
-    """Shuffle documents (seeded), tokenise, join with EOS and cut into rows of ``ctx_len``.
+    """Shuffle documents (seeded), tokenise, join with EOS and cut into BOS-led rows of ``ctx_len``.
 
     Stops tokenising as soon as ``n_tokens`` (rounded down to whole rows) are collected; raises
     when the corpus is smaller than asked, saying how many tokens it holds.
     """
     n_rows = n_tokens // ctx_len
-    if n_rows < 1:
-        raise ValueError(f"n_tokens ({n_tokens}) is smaller than one row of ctx_len ({ctx_len}).")
+    if n_rows < 1 or ctx_len < 2:
+        raise ValueError(f"n_tokens ({n_tokens}) must hold at least one row of ctx_len ({ctx_len}) >= 2.")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     sep = tokenizer.eos_token_id
-    need = n_rows * ctx_len
+    need = n_rows * (ctx_len - 1)
     chunks: list[list[int]] = []
     have = 0
     used = 0
@@ -96,10 +100,12 @@ def pack(docs: list[Document], tokenizer, ctx_len: int, n_tokens: int, seed: int
     if have < need:
         raise ValueError(
             f"Corpus {spec or '(documents)'} has only {have:,} tokens but n_tokens asks for {need:,}: "
-            f"lower n_tokens to at most {have // ctx_len * ctx_len:,} or use a larger corpus."
+            f"lower n_tokens to at most {have // (ctx_len - 1) * ctx_len:,} or use a larger corpus."
         )
     flat = np.fromiter((t for c in chunks for t in c), dtype=np.int32, count=have)[:need]
-    tokens = flat.reshape(n_rows, ctx_len)
+    tokens = np.empty((n_rows, ctx_len), np.int32)
+    tokens[:, 0] = bos
+    tokens[:, 1:] = flat.reshape(n_rows, ctx_len - 1)
     h = hashlib.sha256()
     h.update(f"{spec}|{getattr(tokenizer, 'name_or_path', '')}|{seed}|{ctx_len}".encode())
     h.update(tokens.tobytes())
@@ -170,6 +176,13 @@ def _text_dir(folder: Path) -> list[Document]:
 
 def _hf_dataset(name_split: str) -> list[Document]:
     name, _, split = name_split.partition(":")
+    from .paths import HubUnreachable, hub_reachable
+
+    if not hub_reachable():
+        raise HubUnreachable(
+            f"Could not read Hugging Face dataset {name!r}: the hub is unreachable from this machine. "
+            "Use corpus='stdlib' or corpus='textdir:/folder/of/txt/files' with text you have locally."
+        )
     try:
         import datasets
 
@@ -186,3 +199,9 @@ def _hf_dataset(name_split: str) -> list[Document]:
             "The hub may be unreachable from this machine: use corpus='stdlib' or "
             "corpus='textdir:/folder/of/txt/files' with text you have locally."
         ) from err
+
+
+def for_run(cfg, tokenizer) -> PackedCorpus:
+    """The run's packed corpus: enough rows for both SAE training and the cache (deterministic)."""
+    return load_and_pack(cfg.corpus, tokenizer, cfg.ctx_len, max(cfg.n_tokens, cfg.train_tokens),
+                         cfg.seed)

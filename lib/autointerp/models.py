@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import EMBEDDED_MODEL
-from .paths import data_dir, embedded_gguf
+from .paths import HubUnreachable, data_dir, embedded_gguf, hub_reachable
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
@@ -111,20 +111,23 @@ def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float
         raise ValueError(f"Model folder {spec!r} does not exist (or is not a folder).")
     else:
         source = spec
+        if not hub_reachable():
+            raise HubUnreachable(_hub_hint(spec, "the hub is unreachable from this machine"))
     try:
         tok = AutoTokenizer.from_pretrained(source)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except OSError as err:
         if source != spec:
             raise
-        raise RuntimeError(
-            f"Could not load {spec!r} from the Hugging Face hub ({err.__class__.__name__}): the hub "
-            "is unreachable from here or the id is wrong. On a machine with access run "
-            f"`hf download {spec} --local-dir SOME/FOLDER`, copy the folder here and pass "
-            "model='SOME/FOLDER'; or use model='embedded'."
-        ) from err
+        raise RuntimeError(_hub_hint(spec, f"{type(err).__name__}: {err}")) from err
     hf.to(device).eval()
     return SubjectModel(hf=hf, tokenizer=tok, name=spec, source=source)
+
+
+def _hub_hint(spec: str, why: str) -> str:
+    return (f"Could not load model {spec!r} from the Hugging Face hub ({why}). On a machine with "
+            f"access run `hf download {spec} --local-dir SOME/FOLDER`, copy the folder here and pass "
+            "model='SOME/FOLDER'; or use model='embedded'.")
 
 
 def embedded_model_dir() -> Path:

@@ -33,3 +33,28 @@ def embedded_gguf() -> Path:
         found = sorted(p.name for p in Path(str(folder)).glob("*.gguf"))
         raise RuntimeError(f"{EMBEDDED_GGUF_NAME} not found in {folder}; gguf files there: {found}")
     return path
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (False at once when HF_HUB_OFFLINE=1).
+
+    Hub loaders retry for about a minute before giving up; checking first lets an offline machine
+    fail in seconds with a message that says what to do.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class HubUnreachable(RuntimeError):
+    """The Hugging Face hub cannot be reached from this machine."""

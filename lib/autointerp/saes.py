@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
+from .paths import HubUnreachable, hub_reachable
+
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 
@@ -44,25 +46,24 @@ def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
         release, _, sae_id = spec.removeprefix("sae-lens:").partition("/")
         if not sae_id:
             raise ValueError(f"{spec!r}: write sae-lens releases as 'sae-lens:RELEASE/SAE_ID'.")
+        hint = ("Download it where the hub is reachable (SAE.from_pretrained(...).save_model(folder)), "
+                "copy the folder here and pass sae='that/folder', or use sae='train'.")
+        if not hub_reachable():
+            raise HubUnreachable(f"Could not download SAE {sae_id!r} of release {release!r}: the "
+                                 f"Hugging Face hub is unreachable from this machine. {hint}")
         try:
             sae = SAE.from_pretrained(release, sae_id, device=device)
         except ValueError:
-            raise
+            raise  # sae-lens's own message: unknown release or id, with the valid choices
         except Exception as err:  # noqa: BLE001 - network errors come in many types
-            raise RuntimeError(
-                f"Could not download SAE {sae_id!r} of release {release!r} "
-                f"({type(err).__name__}: {err}). The hub may be unreachable from here: download "
-                "the SAE elsewhere (sae.save_model(folder)) and pass sae='that/folder', or use "
-                "sae='train' to train one here."
-            ) from err
+            raise RuntimeError(f"Could not download SAE {sae_id!r} of release {release!r} "
+                               f"({type(err).__name__}: {err}). {hint}") from err
         return sae.to(dtype=getattr(torch, dtype))
     path = Path(spec).expanduser()
     if (path / SAE_LENS_WEIGHTS).exists():
-        sae = SAE.load_from_disk(str(path), device=device)
+        sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
     elif (path / SPARSIFY_WEIGHTS).exists():
-        from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader
-
-        sae = SAE.load_from_disk(str(path), device=device, converter=sparsify_disk_loader)
+        sae = SAE.load_from_disk(str(path), device=device, dtype=dtype, converter=sparsify_loader)
     elif path.is_dir():
         raise ValueError(
             f"{path} is not an SAE folder: expected {SAE_LENS_WEIGHTS} (sae-lens) or "
@@ -73,6 +74,31 @@ def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
             f"SAE {spec!r} not found: pass 'train', an SAE folder, or 'sae-lens:RELEASE/SAE_ID'."
         )
     return sae.to(dtype=getattr(torch, dtype))
+
+
+def sparsify_loader(path, device: str = "cpu", cfg_overrides: dict | None = None):
+    """sae-lens disk converter for EleutherAI sparsify folders, with two corrections.
+
+    sae-lens 6.54's ``sparsify_disk_loader`` transposes ``W_dec``, which sparsify already stores as
+    [num_latents, d_in] (sae-lens's own layout), and skips subtracting ``b_dec`` before encoding
+    whenever ``normalize_decoder`` is set, while sparsify subtracts it for every non-transcoder.
+    We keep its config translation and read the weights as sparsify's ``encode``/``decode`` use them.
+    """
+    from safetensors.torch import load_file
+    from sae_lens.loading.pretrained_sae_loaders import get_sparsify_config_from_disk
+
+    cfg = get_sparsify_config_from_disk(path, device, cfg_overrides)
+    raw_cfg = json.loads((Path(path) / "cfg.json").read_text())
+    if raw_cfg.get("activation", "topk") != "topk" or raw_cfg.get("transcode", False):
+        raise ValueError(f"{path}: only sparsify TopK autoencoders are supported "
+                         f"(this one has activation={raw_cfg.get('activation')!r}, "
+                         f"transcode={raw_cfg.get('transcode', False)}).")
+    cfg["apply_b_dec_to_input"] = True
+    dtype = getattr(torch, str(cfg.get("dtype", "float32")).removeprefix("torch."))
+    w = load_file(str(Path(path) / SPARSIFY_WEIGHTS), device=device)
+    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
+             "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    return cfg, {k: v.to(dtype) for k, v in state.items()}
 
 
 def check_fits(sae: SAE, subject, hook: str) -> int:
@@ -90,10 +116,11 @@ def check_fits(sae: SAE, subject, hook: str) -> int:
 
 def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: int, k: int,
                batch_tokens: int = 2048, lr: float = 4e-4, seed: int = 0,
-               heldout_rows: int = 32, progress: bool = True) -> TrainReport:
+               heldout_rows: int = 32, first_pos: int = 1, progress: bool = True) -> TrainReport:
     """Train a TopK SAE with sae-lens's runner on pre-packed token rows; save it in ``out_dir``.
 
     The last ``heldout_rows`` rows are kept out of training and used for FVU / alive-latent figures.
+    Positions before ``first_pos`` (the BOS attention sink) are left out of training and evaluation.
     """
     import datasets
     from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
@@ -106,17 +133,22 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
     train_rows, held = tokens[:-heldout_rows], tokens[-heldout_rows:]
     d_in = subject.hook_dim(hook)
     store_prompts = max(1, min(16, batch_tokens // ctx_len))
-    n_buffer = max(2, -(-batch_tokens // (store_prompts * ctx_len)) * 2)
+    n_buffer = 4 * -(-batch_tokens // ctx_len)  # sae-lens: buffer = n_batches_in_buffer * ctx_len tokens
     cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=width, k=k, dtype="float32", device="cpu"),
+        sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=width, k=k, dtype="float32", device="cpu",
+                                  normalize_activations="expected_average_only_in"),
         model_class_name="AutoModelForCausalLM", model_name=subject.source, hook_name=hook,
         dataset_path="autointerp-packed", is_dataset_tokenized=True, streaming=False,
-        context_size=ctx_len, prepend_bos=False, training_tokens=int(train_rows.size),
+        context_size=ctx_len, prepend_bos=False, seqpos_slice=(first_pos, None),
+        training_tokens=int(train_rows[:, first_pos:].size),
         train_batch_size_tokens=batch_tokens, store_batch_size_prompts=store_prompts,
         n_batches_in_buffer=n_buffer, lr=lr, seed=seed, device=str(subject.device),
         logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, save_final_checkpoint=False,
         checkpoint_path=str(out_dir / "checkpoints"), output_path=None,
         n_batches_for_norm_estimate=4, verbose=progress,
+        # Our budgets are ~100-1000 steps: call a latent dead after 10 silent steps so the AuxK
+        # loss revives it (sae-lens default 1000 suits million-step runs).
+        dead_feature_window=10,
     )
     dataset = datasets.Dataset.from_dict({"input_ids": train_rows.astype(np.int64).tolist()})
     proxy = HookedProxyLM(subject.hf, subject.tokenizer, hook_names=[hook])
@@ -129,9 +161,9 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
     out_dir.mkdir(parents=True, exist_ok=True)
     trained.save_inference_model(str(out_dir))
     sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
-    fvu, alive = evaluate(sae, subject, hook, held)
+    fvu, alive = evaluate(sae, subject, hook, held, first_pos)
     report = TrainReport(path=str(out_dir), d_in=d_in, d_sae=width, k=k, hook=hook,
-                         training_tokens=int(train_rows.size), seconds=round(seconds, 1),
+                         training_tokens=int(train_rows[:, first_pos:].size), seconds=round(seconds, 1),
                          fvu=fvu, frac_alive=alive)
     (out_dir / "train_report.json").write_text(json.dumps(report.__dict__, indent=2))
     return report
@@ -148,9 +180,9 @@ def hooked_activations(subject, hook: str, tokens: np.ndarray, batch_size: int =
     return torch.cat(outs)
 
 
-def evaluate(sae: SAE, subject, hook: str, tokens: np.ndarray) -> tuple[float, float]:
+def evaluate(sae: SAE, subject, hook: str, tokens: np.ndarray, first_pos: int = 1) -> tuple[float, float]:
     """Fraction of variance unexplained and fraction of latents alive on the given rows."""
-    x = hooked_activations(subject, hook, tokens).reshape(-1, int(sae.cfg.d_in))
+    x = hooked_activations(subject, hook, tokens)[:, first_pos:].reshape(-1, int(sae.cfg.d_in))
     with torch.inference_mode():
         z = sae.encode(x.to(sae.W_enc.dtype))
         x_hat = sae.decode(z).float()
@@ -164,3 +196,20 @@ def describe(sae: SAE) -> dict:
     return {"architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
             "d_sae": int(sae.cfg.d_sae), "hook_name": getattr(meta, "hook_name", None),
             "model_name": getattr(meta, "model_name", None)}
+
+
+def for_run(cfg, subject, tokens: np.ndarray, progress: bool = True) -> tuple[SAE, dict]:
+    """The run's SAE: trained here once (then reloaded from ``<run>/sae``) or loaded from its source."""
+    sae_dir = cfg.path.sae_dir
+    if cfg.sae == "train":
+        if not (sae_dir / SAE_LENS_WEIGHTS).exists():
+            rows = tokens[: max(cfg.train_tokens // cfg.ctx_len, 1)]
+            train_topk(subject, rows, cfg.hook, sae_dir, width=cfg.sae_width, k=cfg.sae_k,
+                       batch_tokens=cfg.train_batch_tokens, seed=cfg.seed, progress=progress)
+        sae = load(str(sae_dir), device=cfg.device, dtype=cfg.dtype)
+        info = json.loads((sae_dir / "train_report.json").read_text())
+    else:
+        sae = load(cfg.sae, device=cfg.device, dtype=cfg.dtype)
+        info = {}
+    check_fits(sae, subject, cfg.hook)
+    return sae, {"source": cfg.sae, **describe(sae), **info}

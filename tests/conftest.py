@@ -1,0 +1,41 @@
+"""Shared fixtures: the embedded model is loaded once per test session."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def subject():
+    from autointerp import models
+
+    return models.load("embedded")
+
+
+@pytest.fixture(scope="session")
+def rows(subject) -> np.ndarray:
+    """A few packed rows of the stdlib corpus (BOS first)."""
+    from autointerp import corpus
+
+    return corpus.load_and_pack("stdlib", subject.tokenizer, ctx_len=32, n_tokens=32 * 24, seed=0).tokens
+
+
+def random_topk_sae(d_in: int = 576, d_sae: int = 256, k: int = 8, seed: int = 0,
+                    hook: str = "model.layers.4"):
+    """An untrained TopK SAE with seeded weights (enough to test plumbing, not meaning)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=hook, model_name="test")))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * (0.05 if p.ndim == 2 else 0.01))
+    return sae.eval()
+
+
+@pytest.fixture()
+def topk_sae():
+    return random_topk_sae()
