@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -23,17 +22,10 @@ def rows(subject) -> np.ndarray:
 
 def random_topk_sae(d_in: int = 576, d_sae: int = 256, k: int = 8, seed: int = 0,
                     hook: str = "model.layers.4"):
-    """An untrained TopK SAE with seeded weights (enough to test plumbing, not meaning)."""
-    from sae_lens import TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
+    """An untrained TopK SAE (METHODS' random control SAE): enough to test plumbing, not meaning."""
+    from autointerp import saes
 
-    torch.manual_seed(seed)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
-                                metadata=SAEMetadata(hook_name=hook, model_name="test")))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p) * (0.05 if p.ndim == 2 else 0.01))
-    return sae.eval()
+    return saes.random_sae(d_in, d_sae, k, seed=seed, hook=hook, model_name="test")
 
 
 @pytest.fixture()

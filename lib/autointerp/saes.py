@@ -101,6 +101,25 @@ def sparsify_loader(path, device: str = "cpu", cfg_overrides: dict | None = None
     return cfg, {k: v.to(dtype) for k, v in state.items()}
 
 
+def random_sae(d_in: int, d_sae: int, k: int, *, seed: int = 0, hook: str = "",
+               model_name: str = "") -> SAE:
+    """A control SAE: TopK, unit-norm Gaussian encoder rows, decoder = encoder transposed, zero biases."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randn(d_sae, d_in, generator=gen)
+    rows /= rows.norm(dim=1, keepdim=True)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                metadata=SAEMetadata(hook_name=hook, model_name=model_name)))
+    with torch.no_grad():
+        sae.W_enc.copy_(rows.T)
+        sae.W_dec.copy_(rows)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
 def check_fits(sae: SAE, subject, hook: str) -> int:
     """Raise a clear error unless the SAE's d_in equals the width of the hooked module's output."""
     d_hook = subject.hook_dim(hook)

@@ -1,0 +1,528 @@
+"""One async client for any OpenAI-compatible chat endpoint, with retries, a response cache and a ledger.
+
+``LLMClient.run(requests)`` sends many ``ChatRequest``s with bounded concurrency and returns one
+``ChatResponse`` per request, in order. A request that still fails after all tries comes back with
+``error`` set (never an exception). Successful responses are cached on disk by
+``ChatRequest.key(model)``, so a rerun makes no new calls. API keys are read from an environment
+variable and never stored in requests, responses, cache files or the ledger.
+The local llama.cpp server lives in ``autointerp.llm_server`` (``local_server``, ``endpoint_or_local``).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import email.utils
+import hashlib
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import openai
+
+ROLES = ("system", "user", "assistant")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+MAX_RETRY_AFTER_S = 300.0
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send chat requests. The API key itself is never stored: only the env var's name."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    price_prompt_per_mtok: float | None = None
+    price_completion_per_mtok: float | None = None
+    supports_logprobs: bool | None = None  # None = unknown, learned at first use
+
+    @property
+    def is_local(self) -> bool:
+        return (urlparse(self.base_url).hostname or "") in LOCAL_HOSTS
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number (USD per million tokens)") from None
+
+
+def endpoint_from_env() -> Endpoint | None:
+    """The endpoint configured in the environment, or None when no base URL is set.
+
+    Base URL: AUTOINTERP_LLM_BASE_URL, else OPENAI_BASE_URL. Model: AUTOINTERP_LLM_MODEL, else
+    OPENAI_MODEL (required once a base URL is set). Key: the env var named by
+    AUTOINTERP_LLM_API_KEY_ENV, else AUTOINTERP_LLM_API_KEY if set, else OPENAI_API_KEY. Optional:
+    AUTOINTERP_LLM_PRICE_PROMPT / AUTOINTERP_LLM_PRICE_COMPLETION (USD per million tokens) and
+    AUTOINTERP_LLM_LOGPROBS (1/0) when the endpoint's logprob support is known.
+    """
+    base_url = os.environ.get("AUTOINTERP_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    model = os.environ.get("AUTOINTERP_LLM_MODEL") or os.environ.get("OPENAI_MODEL")
+    if not base_url:
+        if model:
+            raise ValueError(
+                f"An LLM model is set ({model!r}) but no base URL: set AUTOINTERP_LLM_BASE_URL "
+                "(e.g. https://api.openai.com/v1 or https://openrouter.ai/api/v1), or unset "
+                "AUTOINTERP_LLM_MODEL/OPENAI_MODEL to use the embedded local server."
+            )
+        return None
+    if not model:
+        raise ValueError(
+            f"AUTOINTERP_LLM_BASE_URL/OPENAI_BASE_URL is set ({base_url}) but no model: set "
+            "AUTOINTERP_LLM_MODEL (e.g. gpt-4o-mini) to the model name the endpoint serves."
+        )
+    key_env = os.environ.get("AUTOINTERP_LLM_API_KEY_ENV") or (
+        "AUTOINTERP_LLM_API_KEY" if os.environ.get("AUTOINTERP_LLM_API_KEY") else "OPENAI_API_KEY")
+    lp = os.environ.get("AUTOINTERP_LLM_LOGPROBS", "").strip().lower()
+    supports = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(lp)
+    return Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=key_env,
+                    price_prompt_per_mtok=_env_float("AUTOINTERP_LLM_PRICE_PROMPT"),
+                    price_completion_per_mtok=_env_float("AUTOINTERP_LLM_PRICE_COMPLETION"),
+                    supports_logprobs=supports)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request; hashable, and its ``key`` addresses the response cache."""
+
+    messages: tuple[tuple[str, str], ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int = 0
+    tag: str = ""  # label for the ledger; not part of the cache key
+
+    def __post_init__(self) -> None:
+        msgs = tuple((str(role), str(content)) for role, content in self.messages)
+        bad = [role for role, _ in msgs if role not in ROLES]
+        if not msgs or bad:
+            raise ValueError(f"ChatRequest needs >= 1 message with roles in {ROLES}; got roles "
+                             f"{[r for r, _ in msgs]}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in 0..20 (OpenAI's limit), got {self.top_logprobs}")
+        object.__setattr__(self, "messages", msgs)
+
+    def key(self, model: str) -> str:
+        """sha256 over the model, the messages and the sampling parameters."""
+        payload = {"v": _CACHE_VERSION, "model": model, "messages": [list(m) for m in self.messages],
+                   "max_tokens": self.max_tokens, "temperature": float(self.temperature),
+                   "logprobs": self.logprobs, "top_logprobs": self.top_logprobs if self.logprobs else 0,
+                   "seed": self.seed}
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """The answer to one ChatRequest. ``top_logprobs[i]`` holds, for generated token i, the pair
+    (token, logprob) of the token itself followed by the served top alternatives (which usually
+    include the token again): ``dict(top_logprobs[i])`` maps token -> logprob."""
+
+    key: str
+    text: str | None
+    top_logprobs: tuple | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    error: str | None = None
+    logprobs_fallback: bool = False
+    attempts: int = 1  # HTTP tries made for this response in this process (0 when served from cache)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Tally:
+    requests: int = 0            # achat calls
+    calls: int = 0               # requests answered by the endpoint (not from the cache)
+    cache_hits: int = 0
+    failures: int = 0            # calls that ended with `error` set
+    retries: int = 0             # extra HTTP tries beyond the first
+    logprobs_fallbacks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0       # summed wall time of calls (excluding the wait for a free slot)
+
+
+class Ledger:
+    """What a client did, in total and per request tag: requests, calls, cache hits, failures,
+    retries, logprob fallbacks, tokens and cost in USD (None without prices)."""
+
+    def __init__(self, price_prompt_per_mtok: float | None = None,
+                 price_completion_per_mtok: float | None = None) -> None:
+        self.price_prompt_per_mtok = price_prompt_per_mtok
+        self.price_completion_per_mtok = price_completion_per_mtok
+        self._total = _Tally()
+        self._by_tag: dict[str, _Tally] = {}
+        self._lock = threading.Lock()
+
+    requests = property(lambda self: self._total.requests)
+    calls = property(lambda self: self._total.calls)
+    cache_hits = property(lambda self: self._total.cache_hits)
+    failures = property(lambda self: self._total.failures)
+    retries = property(lambda self: self._total.retries)
+    logprobs_fallbacks = property(lambda self: self._total.logprobs_fallbacks)
+    prompt_tokens = property(lambda self: self._total.prompt_tokens)
+    completion_tokens = property(lambda self: self._total.completion_tokens)
+    cost_usd = property(lambda self: self._cost(self._total))
+
+    def record(self, tag: str, resp: ChatResponse, latency_s: float = 0.0) -> None:
+        with self._lock:
+            for t in (self._total, self._by_tag.setdefault(tag, _Tally())):
+                t.requests += 1
+                if resp.cached:
+                    t.cache_hits += 1
+                    continue
+                t.calls += 1
+                t.retries += max(resp.attempts - 1, 0)
+                t.failures += resp.error is not None
+                t.logprobs_fallbacks += resp.logprobs_fallback
+                t.prompt_tokens += resp.prompt_tokens
+                t.completion_tokens += resp.completion_tokens
+                t.latency_s += latency_s
+
+    def _cost(self, t: _Tally) -> float | None:
+        if self.price_prompt_per_mtok is None or self.price_completion_per_mtok is None:
+            return None
+        return (t.prompt_tokens * self.price_prompt_per_mtok
+                + t.completion_tokens * self.price_completion_per_mtok) / 1e6
+
+    def _row(self, t: _Tally) -> dict[str, Any]:
+        row: dict[str, Any] = dataclasses.asdict(t)
+        row["seconds_per_call"] = row.pop("latency_s") / t.calls if t.calls else None
+        row["cost_usd"] = self._cost(t)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        """Totals as a dict, with per-tag totals under "by_tag"."""
+        with self._lock:
+            out = self._row(self._total)
+            out["by_tag"] = {tag: self._row(t) for tag, t in sorted(self._by_tag.items())}
+        return out
+
+    def to_frame(self):
+        """One row per tag plus a 'total' row (pandas DataFrame indexed by tag)."""
+        import pandas as pd
+
+        s = self.summary()
+        rows = {tag or "(untagged)": r for tag, r in s.pop("by_tag").items()}
+        rows["total"] = s
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("tag")
+
+    def __repr__(self) -> str:
+        t, cost = self._total, self.cost_usd
+        return (f"Ledger(requests={t.requests}, calls={t.calls}, cache_hits={t.cache_hits}, "
+                f"failures={t.failures}, retries={t.retries}, logprobs_fallbacks={t.logprobs_fallbacks}, "
+                f"tokens={t.prompt_tokens}+{t.completion_tokens}, "
+                f"cost_usd={'n/a' if cost is None else f'{cost:.4f}'})")
+
+
+class _Retry(Exception):
+    """A failed try that may succeed when repeated."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class _Fatal(_Retry):
+    """A failed try that repeating will not fix (e.g. HTTP 400/401/404)."""
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """Seconds to wait from retry-after-ms, or Retry-After (seconds or HTTP date); None if absent."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        if not value:
+            continue
+        try:
+            return max(float(value) * scale, 0.0)
+        except ValueError:
+            try:
+                return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+@dataclass
+class _LoopState:
+    client: openai.AsyncOpenAI
+    semaphore: asyncio.Semaphore
+    inflight: dict[str, asyncio.Future] = field(default_factory=dict)
+
+
+class LLMClient:
+    """Async OpenAI-compatible chat client with bounded concurrency, retries, cache and ledger."""
+
+    def __init__(self, endpoint: Endpoint, cache_dir: Path | None, *, concurrency: int = 4,
+                 timeout_s: float = 60, max_tries: int = 5, backoff_base_s: float = 0.5,
+                 backoff_max_s: float = 20) -> None:
+        if concurrency < 1 or max_tries < 1 or timeout_s <= 0:
+            raise ValueError("concurrency and max_tries must be >= 1 and timeout_s > 0")
+        self.endpoint = endpoint
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.concurrency, self.timeout_s, self.max_tries = concurrency, timeout_s, max_tries
+        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+        self.ledger = Ledger(endpoint.price_prompt_per_mtok, endpoint.price_completion_per_mtok)
+        self.logprobs_supported: bool | None = endpoint.supports_logprobs
+        key = os.environ.get(endpoint.api_key_env, "").strip()
+        if not key:
+            if not endpoint.is_local:
+                warnings.warn(f"No API key in ${endpoint.api_key_env} for {endpoint.base_url}; "
+                              f"requests go out without one. Set {endpoint.api_key_env} if the "
+                              "endpoint needs a key.", stacklevel=2)
+            key = "sk-local"
+        self.__key = key
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._rng = random.Random()
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return (f"LLMClient(base_url={self.endpoint.base_url!r}, model={self.endpoint.model!r}, "
+                f"cache_dir={str(self.cache_dir) if self.cache_dir else None!r}, {self.ledger!r})")
+
+    # -- cache -------------------------------------------------------------------------------
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> ChatResponse | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            tl = d["top_logprobs"]
+            top = None if tl is None else tuple(tuple((str(t), float(lp)) for t, lp in tok) for tok in tl)
+            resp = ChatResponse(key=key, text=d["text"], top_logprobs=top,
+                                prompt_tokens=int(d["prompt_tokens"]),
+                                completion_tokens=int(d["completion_tokens"]), cached=True,
+                                logprobs_fallback=bool(d["logprobs_fallback"]), attempts=0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable entry: treat as a miss, it is rewritten after the call
+        if resp.logprobs_fallback and self.endpoint.supports_logprobs:
+            return None  # this endpoint is declared to serve logprobs: measure again
+        return resp
+
+    def _cache_put(self, req: ChatRequest, resp: ChatResponse) -> None:
+        path = self._cache_path(resp.key)
+        if path is None or resp.error is not None:
+            return
+        record = {"key": resp.key, "model": self.endpoint.model, "text": resp.text,
+                  "top_logprobs": resp.top_logprobs, "prompt_tokens": resp.prompt_tokens,
+                  "completion_tokens": resp.completion_tokens,
+                  "logprobs_fallback": resp.logprobs_fallback,
+                  "request": {"messages": req.messages, "max_tokens": req.max_tokens,
+                              "temperature": req.temperature, "logprobs": req.logprobs,
+                              "top_logprobs": req.top_logprobs, "seed": req.seed}}
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f, ensure_ascii=False)
+            os.replace(tmp, path)
+        except OSError as err:  # a full disk must not lose the answer in hand
+            warnings.warn(f"could not write the LLM cache entry {path}: {err}", stacklevel=2)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    # -- one request -------------------------------------------------------------------------
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.__key,
+                                        max_retries=0, timeout=self.timeout_s)
+            state = self._states[loop] = _LoopState(client, asyncio.Semaphore(self.concurrency))
+        return state
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections this client opened in the running event loop."""
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.client.close()
+
+    async def achat(self, req: ChatRequest) -> ChatResponse:
+        """Send one request (or read it from the cache); never raises for a failed request."""
+        key = req.key(self.endpoint.model)
+        cached = self._cache_get(key)
+        if cached is not None:
+            self.ledger.record(req.tag, cached)
+            return cached
+        state = self._state()
+        if key in state.inflight:  # the same request is already on its way: share its answer
+            resp = await asyncio.shield(state.inflight[key])
+            resp = dataclasses.replace(resp, cached=True, attempts=0)
+            self.ledger.record(req.tag, resp)
+            return resp
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        state.inflight[key] = fut
+        try:
+            async with state.semaphore:
+                t0 = time.perf_counter()
+                resp = await self._call(state.client, req, key)
+                latency = time.perf_counter() - t0
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            state.inflight.pop(key, None)
+        fut.set_result(resp)
+        self._cache_put(req, resp)
+        self.ledger.record(req.tag, resp, latency)
+        return resp
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+        return delay
+
+    async def _call(self, client: openai.AsyncOpenAI, req: ChatRequest, key: str) -> ChatResponse:
+        fallback = req.logprobs and self.logprobs_supported is False
+        attempts = 0
+        while True:
+            use_lp = req.logprobs and not fallback
+            attempts += 1
+            try:
+                text, top, usage = await self._try(client, req, use_lp)
+            except _Retry as err:
+                if (use_lp and self.logprobs_supported is None and err.status in (400, 422, 500, 501)
+                        and attempts < self.max_tries):
+                    # the endpoint may reject logprobs (llama.cpp without logits_all answers 500):
+                    # resend once without them to find out
+                    attempts += 1
+                    try:
+                        text, top, usage = await self._try(client, req, False)
+                    except _Retry:
+                        pass
+                    else:
+                        self.logprobs_supported = False
+                        return ChatResponse(key, text, None, *usage, cached=False,
+                                            logprobs_fallback=True, attempts=attempts)
+                if isinstance(err, _Fatal) or attempts >= self.max_tries:
+                    return self._failed(key, f"failed after {attempts} tries: {err}", attempts)
+                await asyncio.sleep(self._backoff(attempts, err.retry_after))
+                continue
+            if use_lp and top:
+                self.logprobs_supported = True
+            elif use_lp:  # asked for logprobs, none served
+                fallback = True
+                if self.logprobs_supported is None:
+                    self.logprobs_supported = False
+            return ChatResponse(key, text, top if use_lp else None, *usage, cached=False,
+                                logprobs_fallback=fallback, attempts=attempts)
+
+    def _failed(self, key: str, error: str, attempts: int) -> ChatResponse:
+        if len(self.__key) >= 8:
+            error = error.replace(self.__key, "***")
+        return ChatResponse(key, None, None, 0, 0, cached=False, error=error, attempts=attempts)
+
+    async def _try(self, client: openai.AsyncOpenAI, req: ChatRequest,
+                   use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
+        """One HTTP call; returns (text, top_logprobs, (prompt_tokens, completion_tokens))."""
+        kwargs: dict[str, Any] = dict(
+            model=self.endpoint.model, max_tokens=req.max_tokens, temperature=req.temperature,
+            seed=req.seed, messages=[{"role": r, "content": c} for r, c in req.messages])
+        if use_lp:
+            kwargs["logprobs"] = True
+            if req.top_logprobs:
+                kwargs["top_logprobs"] = req.top_logprobs
+        try:
+            raw = await asyncio.wait_for(client.chat.completions.with_raw_response.create(**kwargs),
+                                         timeout=self.timeout_s * 1.5)
+            body = raw.text
+        except (openai.APITimeoutError, asyncio.TimeoutError):
+            raise _Retry(f"timeout after {self.timeout_s:g} s (raise timeout_s for slow endpoints)")
+        except openai.APIConnectionError as err:
+            raise _Retry(f"connection error to {self.endpoint.base_url}: {err}")
+        except openai.APIStatusError as err:
+            code, msg = err.status_code, f"HTTP {err.status_code}: {str(err)[:300]}"
+            if code in (408, 409, 429) or code >= 500:
+                raise _Retry(msg, code, _retry_after_s(getattr(err.response, "headers", None)))
+            if code in (401, 403):
+                msg += f" (check the API key in ${self.endpoint.api_key_env})"
+            elif code == 404:
+                msg += f" (check base_url {self.endpoint.base_url!r} and model {self.endpoint.model!r})"
+            raise _Fatal(msg, code)
+        try:
+            data = json.loads(body)
+            choice = data["choices"][0]
+            message = choice["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Retry(f"malformed response (not a chat completion with choices): {body[:200]!r}")
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(text, str):
+            raise _Fatal(f"the endpoint returned no text (finish_reason="
+                         f"{choice.get('finish_reason')!r}); raise max_tokens or check the model")
+        usage = data.get("usage") or {}
+        counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        top = None
+        content = ((choice.get("logprobs") or {}).get("content") or []) if use_lp else []
+        if content:
+            try:
+                top = tuple(((t["token"], float(t["logprob"])),) + tuple(
+                    (a["token"], float(a["logprob"])) for a in (t.get("top_logprobs") or ()))
+                    for t in content)
+            except (KeyError, TypeError, ValueError):
+                raise _Retry(f"malformed logprobs in response: {str(content)[:200]!r}")
+        return text, top, counts
+
+    # -- many requests -----------------------------------------------------------------------
+    def run(self, reqs: Sequence[ChatRequest], desc: str = "LLM") -> list[ChatResponse]:
+        """Send all requests (bounded concurrency, progress bar), answers in the same order.
+
+        Works in scripts and inside a running event loop (Jupyter): there it runs its own loop
+        in a worker thread.
+        """
+        from tqdm.auto import tqdm
+
+        reqs = list(reqs)
+
+        async def main() -> list[ChatResponse]:
+            bar = tqdm(total=len(reqs), desc=desc, disable=not reqs)
+
+            async def one(r: ChatRequest) -> ChatResponse:
+                resp = await self.achat(r)
+                bar.update(1)
+                return resp
+
+            try:
+                return list(await asyncio.gather(*(one(r) for r in reqs)))
+            finally:
+                bar.close()
+                await self.aclose()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="autointerp-llm") as pool:
+            return pool.submit(lambda: asyncio.run(main())).result()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("local_server", "endpoint_or_local", "LocalServer"):
+        from . import llm_server
+
+        return getattr(llm_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""A scripted, fault-injecting OpenAI-compatible chat server for tests (stdlib only).
+
+Each POST /v1/chat/completions consumes the next action of the script (then "good" forever):
+  ("good",)                  a chat completion; logprobs served when the request asks for them
+  ("good", text)             the same with a given text
+  ("status", code, headers)  an error status with an OpenAI-style JSON error body
+  ("sleep", seconds)         wait, then answer good (longer than the client timeout = a timeout)
+  ("malformed",)             200 with a body that is not JSON
+  ("empty",)                 200 with "choices": []
+  ("no_logprobs",)           a good answer that never carries logprobs
+  ("reject_logprobs", code)  that status if the request asks for logprobs, else a good answer
+A string action is shorthand for a 1-tuple. The server stops itself after `lifetime_s`.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FaultServer:
+    def __init__(self, script: list[Any] | None = None, *, lifetime_s: float = 60.0,
+                 default: Any = ("good",)) -> None:
+        self.script: deque = deque(script or [])
+        self.default = default
+        self.requests: list[dict] = []  # bodies of the chat requests received
+        self.headers: list[dict] = []  # lower-cased header names
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner._send(self, 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                owner._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._timer = threading.Timer(lifetime_s, self.stop)
+        self._timer.daemon = True
+
+    @property
+    def n_calls(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._timer.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, code: int, payload: Any, headers: dict | None = None,
+              raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, str(v))
+            h.end_headers()
+            h.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout)
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        req = json.loads(h.rfile.read(int(h.headers.get("Content-Length", 0))))
+        with self._lock:
+            self.requests.append(req)
+            self.headers.append({k.lower(): v for k, v in h.headers.items()})
+            action = self.script.popleft() if self.script else self.default
+        action = (action,) if isinstance(action, str) else tuple(action)
+        kind = action[0]
+        if kind == "status":
+            code, headers = action[1], (action[2] if len(action) > 2 else {})
+            return self._send(h, code, {"error": {"message": f"injected {code}", "code": code}}, headers)
+        if kind == "sleep":
+            self._stop.wait(action[1])
+        if kind == "malformed":
+            return self._send(h, 200, None, raw=b'{"choices": [ this is not json')
+        if kind == "empty":
+            return self._send(h, 200, {"id": "x", "object": "chat.completion", "choices": []})
+        if kind == "reject_logprobs" and req.get("logprobs"):
+            return self._send(h, action[1], {"error": {"message": "logits_all is off"}})
+        text = action[1] if kind == "good" and len(action) > 1 else self._echo(req)
+        self._send(h, 200, self._completion(req, text, serve_lp=kind != "no_logprobs"))
+
+    @staticmethod
+    def _echo(req: dict) -> str:
+        return "echo: " + req["messages"][-1]["content"]
+
+    @staticmethod
+    def _completion(req: dict, text: str, serve_lp: bool) -> dict:
+        tokens = text.split(" ")
+        logprobs = None
+        if serve_lp and req.get("logprobs"):
+            k = req.get("top_logprobs") or 0
+            logprobs = {"content": [
+                {"token": t, "logprob": -0.1, "bytes": None,
+                 "top_logprobs": [{"token": t, "logprob": -0.1}]
+                 + [{"token": f"alt{j}", "logprob": -1.0 - j} for j in range(1, k)]}
+                for t in tokens]}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": req.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": logprobs, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens),
+                          "total_tokens": 10 + len(tokens)}}
