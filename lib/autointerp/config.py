@@ -29,10 +29,10 @@ class RunConfig:
     corpus: str = "stdlib"  # "stdlib" | "stdlib+code" | "textdir:PATH" | "hf:NAME[:SPLIT]"
     hook: str = "model.layers.8"  # module path in the HF model; its output is cached
     sae: str = "train"  # "train" | SAE folder (sae-lens or sparsify) | "sae-lens:RELEASE/SAE_ID"
-    sae_width: int = 4096
+    sae_width: int = 2048
     sae_k: int = 32
     train_tokens: int = 200_000
-    train_batch_tokens: int = 2048
+    train_batch_tokens: int = 512
     ctx_len: int = 128
     n_tokens: int = 200_000
     batch_size: int = 16
@@ -51,10 +51,10 @@ class RunConfig:
 
 PROFILES: dict[str, dict[str, Any]] = {
     # What the tests run: every notebook in minutes on 2 cores; numbers mean little.
-    "smoke": dict(sae_width=512, sae_k=16, train_tokens=16_384, train_batch_tokens=1024,
+    "smoke": dict(sae_width=512, sae_k=16, train_tokens=16_384, train_batch_tokens=256,
                   ctx_len=64, n_tokens=8_192, batch_size=16, shard_rows=32),
     # The README's main command: a 2-core laptop, big enough that the figures mean something.
-    "demo": dict(sae_width=4096, sae_k=32, train_tokens=200_000, train_batch_tokens=2048,
+    "demo": dict(sae_width=2048, sae_k=32, train_tokens=200_000, train_batch_tokens=512,
                  ctx_len=128, n_tokens=200_000, batch_size=16, shard_rows=256),
     # Paper scale: a GPU, a hub model and a pretrained SAE (change model/sae/hook to taste).
     "full": dict(model="google/gemma-2-9b", hook="model.layers.32",

@@ -134,7 +134,7 @@ def check_fits(sae: SAE, subject, hook: str) -> int:
 
 
 def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: int, k: int,
-               batch_tokens: int = 2048, lr: float = 4e-4, seed: int = 0,
+               batch_tokens: int = 512, lr: float = 1e-3, seed: int = 0,
                heldout_rows: int = 32, first_pos: int = 1, progress: bool = True) -> TrainReport:
     """Train a TopK SAE with sae-lens's runner on pre-packed token rows; save it in ``out_dir``.
 

@@ -1,0 +1,544 @@
+"""Example windows per latent: activating windows, rank quantiles, train/test sets, negatives.
+
+A *window* is ``example_ctx_len`` tokens of one cached row. Two ways to cut them:
+- ``"fixed"`` (the reference): every row is cut into ``ctx_len / example_ctx_len`` blocks; the first
+  block starts after the BOS position, so it is ``first_pos`` tokens shorter.
+- ``"centred"``: a window around each peak, the peak ~3/4 in (start = peak - 3W/4, clipped to
+  [first_pos, ctx_len - W]); windows of one latent never overlap (greedy, strongest peak first).
+A window's activation is its max. Windows are ranked by it and cut into equal-count quantile bins
+(bin 0 = the top). The explanation set and a disjoint test set are sampled per bin; negatives are
+random windows where the latent never fires and *hard* negatives: windows where a neighbour latent
+(decoder cosine or co-occurrence Jaccard) fires strongly and the target is silent.
+Everything is seeded per latent (``numpy.random.default_rng([seed, latent])``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+WINDOW_MODES = ("fixed", "centred")
+TRAIN_SAMPLING = ("quantiles", "top", "random")
+NEIGHBOUR_SOURCES = ("decoder", "cooccurrence", "both")
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    """How examples are cut and sampled (defaults: the reference's, with centred windows)."""
+
+    example_ctx_len: int = 32
+    window: str = "centred"  # "fixed" (reference) | "centred"
+    n_quantiles: int = 10
+    train_per_quantile: int = 4  # explanation set: n_quantiles x this (reference 40)
+    test_per_quantile: int = 5  # test set: n_quantiles x this activating (reference 50) + as many negatives
+    train_sampling: str = "quantiles"  # "quantiles" | "top" | "random"
+    n_train_negatives: int = 5  # hard negatives shown to the contrastive explainer
+    min_examples: int = 200  # fewer activating windows than this: the latent is skipped
+    neighbours: str = "decoder"  # "decoder" | "cooccurrence" | "both"
+    n_neighbours: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window not in WINDOW_MODES:
+            raise ValueError(f"window={self.window!r}: choose one of {WINDOW_MODES}.")
+        if self.train_sampling not in TRAIN_SAMPLING:
+            raise ValueError(f"train_sampling={self.train_sampling!r}: choose one of {TRAIN_SAMPLING}.")
+        if self.neighbours not in NEIGHBOUR_SOURCES:
+            raise ValueError(f"neighbours={self.neighbours!r}: choose one of {NEIGHBOUR_SOURCES}.")
+        for name in ("example_ctx_len", "n_quantiles", "min_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def n_train(self) -> int:
+        return self.n_quantiles * self.train_per_quantile
+
+    @property
+    def n_test(self) -> int:
+        return self.n_quantiles * self.test_per_quantile
+
+
+# Per-profile defaults: smoke has ~250 windows per latent at most, the 135M local explainer
+# reads short prompts best; full is the reference.
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": dict(n_quantiles=4, train_per_quantile=2, test_per_quantile=3, min_examples=20),
+    "demo": dict(n_quantiles=10, train_per_quantile=2, test_per_quantile=5, min_examples=100),
+    "full": dict(n_quantiles=10, train_per_quantile=4, test_per_quantile=5, min_examples=200),
+}
+
+
+def settings_for(profile: str, **overrides: Any) -> ExampleSettings:
+    """The profile's example settings, then every override that is not None."""
+    base = dict(PROFILE_SETTINGS.get(profile, {}))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ExampleSettings(**base)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One window of one row, with the target latent's activation on each token."""
+
+    latent: int
+    row: int
+    start: int  # position of the first token in the row
+    token_ids: tuple[int, ...]
+    acts: tuple[float, ...]  # the target latent's activation (all 0 for negatives)
+    max_act: float
+    quantile: int | None  # rank bin (0 = top); None for negatives
+    kind: str  # "activating" | "random" | "hard_negative"
+    neighbour: int | None = None  # hard negatives: the neighbour latent that fires here
+    neighbour_act: float | None = None  # ... and its max in this window
+
+    @property
+    def peak(self) -> int:
+        """Index (inside the window) of the strongest token."""
+        return int(np.argmax(self.acts))
+
+    def levels(self, latent_max: float) -> tuple[int, ...]:
+        """Activation per token as shown to an LLM: round(10 * a / latent max), 0-10."""
+        return tuple(int(v) for v in activation_levels(np.asarray(self.acts), latent_max))
+
+
+@dataclass(frozen=True)
+class LatentExamples:
+    """Everything the explainers and scorers of one latent need."""
+
+    latent: int
+    max_act: float  # the latent's max over the cache (the scale of the 0-10 levels)
+    n_windows: int  # activating windows in the cache
+    train: tuple[Example, ...] = ()
+    test_activating: tuple[Example, ...] = ()
+    test_negative: tuple[Example, ...] = ()  # random windows where the latent is silent
+    test_hard_negative: tuple[Example, ...] = ()  # neighbours fire, target silent
+    train_negative: tuple[Example, ...] = ()  # hard negatives for contrastive explainers
+    neighbours: tuple[int, ...] = ()
+    skipped_reason: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_reason is not None
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    """All activating windows of one latent, ranked by max activation (descending)."""
+
+    latent: int
+    row: np.ndarray  # int64
+    start: np.ndarray  # int64, position in the row
+    length: np.ndarray  # int64
+    peak: np.ndarray  # int64, position of the max in the row
+    max_act: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return int(self.row.size)
+
+    def quantiles(self, n: int) -> np.ndarray:
+        """Quantile bin of each (ranked) window: equal-count bins, 0 = top."""
+        return quantile_bins(len(self), n)
+
+
+def activation_levels(acts: np.ndarray, latent_max: float) -> np.ndarray:
+    """Integer 0-10 levels: round(10 * a / latent_max), clipped."""
+    if latent_max <= 0:
+        return np.zeros(np.shape(acts), np.int64)
+    return np.clip(np.rint(10.0 * np.asarray(acts, np.float64) / latent_max), 0, 10).astype(np.int64)
+
+
+def quantile_bins(n_items: int, n_bins: int) -> np.ndarray:
+    """Bin of each rank 0..n_items-1 in equal-count bins (sizes differ by at most one), 0 = top."""
+    edges = np.linspace(0, n_items, n_bins + 1).round().astype(np.int64)
+    return np.searchsorted(edges, np.arange(n_items), side="right") - 1
+
+
+def _check_width(ctx_len: int, width: int, mode: str, first_pos: int) -> None:
+    if mode == "fixed" and ctx_len % width:
+        raise ValueError(f"example_ctx_len {width} must divide ctx_len {ctx_len} for fixed windows; "
+                         f"pick a divisor of {ctx_len} or window='centred'.")
+    if width > ctx_len - first_pos:
+        raise ValueError(f"example_ctx_len {width} is longer than a row without BOS "
+                         f"({ctx_len - first_pos}); pick example_ctx_len <= {ctx_len - first_pos}.")
+
+
+def windows_from_arrays(latent: int, flat: np.ndarray, vals: np.ndarray, ctx_len: int, width: int,
+                        mode: str = "centred", first_pos: int = 1) -> WindowTable:
+    """Cut one latent's non-zeros (flat = row*ctx_len+pos, values) into ranked windows."""
+    _check_width(ctx_len, width, mode, first_pos)
+    flat = np.asarray(flat, np.int64)
+    vals = np.asarray(vals, np.float32)
+    rows, pos = flat // ctx_len, flat % ctx_len
+    if mode == "fixed":
+        block = pos // width
+        key = rows * (ctx_len // width) + block
+        order = np.lexsort((-vals, key))  # per block, strongest first
+        first = np.ones(order.size, bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        best = order[first]
+        w_row, w_peak = rows[best], pos[best]
+        w_start = np.maximum(block[best] * width, first_pos)
+        w_len = (block[best] + 1) * width - w_start
+        w_max = vals[best]
+    else:
+        w_row, w_start = _centred_starts(rows, pos, vals, ctx_len, width, first_pos)
+        w_len = np.full(w_row.size, width, np.int64)
+        w_max, w_peak = _window_max(flat, vals, w_row * ctx_len + w_start, w_len)
+        w_peak = w_peak - w_row * ctx_len
+    rank = np.lexsort((w_start, w_row, -w_max))
+    return WindowTable(latent, w_row[rank], w_start[rank], w_len[rank], w_peak[rank],
+                       w_max[rank].astype(np.float32))
+
+
+def _centred_starts(rows: np.ndarray, pos: np.ndarray, vals: np.ndarray, ctx_len: int, width: int,
+                    first_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy non-overlapping windows per row, strongest peak first; vectorised over rows.
+
+    Each round accepts the strongest remaining candidate of every row, then drops the candidates
+    whose window overlaps it; rounds <= windows per row.
+    """
+    starts = np.clip(pos - (3 * width) // 4, first_pos, ctx_len - width)
+    order = np.lexsort((pos, -vals, rows))
+    c_row, c_start = rows[order], starts[order]
+    out_row, out_start = [], []
+    while c_row.size:
+        head = np.ones(c_row.size, bool)
+        head[1:] = c_row[1:] != c_row[:-1]
+        acc_row, acc_start = c_row[head], c_start[head]
+        out_row.append(acc_row)
+        out_start.append(acc_start)
+        # acc_start per candidate: the accepted start of its row (rows are sorted, heads in order)
+        group = np.cumsum(head) - 1
+        keep = np.abs(c_start - acc_start[group]) >= width
+        c_row, c_start = c_row[keep], c_start[keep]
+    if not out_row:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_row), np.concatenate(out_start)
+
+
+def _assign(flat: np.ndarray, w_flat: np.ndarray, w_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For non-overlapping windows (flat starts, lengths): index of the window holding each flat
+    position (-1 if none), and the windows' sort order used."""
+    order = np.argsort(w_flat, kind="stable")
+    s = w_flat[order]
+    i = np.searchsorted(s, flat, side="right") - 1
+    inside = (i >= 0) & (flat < s[np.maximum(i, 0)] + w_len[order][np.maximum(i, 0)])
+    return np.where(inside, order[np.maximum(i, 0)], -1), order
+
+
+def _window_max(flat: np.ndarray, vals: np.ndarray, w_flat: np.ndarray,
+                w_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max value and its flat position in each non-overlapping window."""
+    w_max = np.zeros(w_flat.size, np.float32)
+    w_peak = w_flat.copy()
+    if not w_flat.size:
+        return w_max, w_peak
+    idx, _ = _assign(flat, w_flat, w_len)
+    m = idx >= 0
+    o = np.lexsort((-vals[m], idx[m]))
+    g, v, f = idx[m][o], vals[m][o], flat[m][o]
+    first = np.ones(g.size, bool)
+    first[1:] = g[1:] != g[:-1]
+    w_max[g[first]], w_peak[g[first]] = v[first], f[first]
+    return w_max, w_peak
+
+
+def latent_windows(reader, latent: int, settings: ExampleSettings) -> WindowTable:
+    """Ranked activating windows of one latent in a cache."""
+    flat, vals = reader.latent(latent)
+    return windows_from_arrays(latent, flat, vals, reader.ctx_len, settings.example_ctx_len,
+                               settings.window, reader.manifest.first_pos)
+
+
+def _count_inside(sorted_flat: np.ndarray, w_flat: np.ndarray, w_len: np.ndarray) -> np.ndarray:
+    """How many of the (sorted) flat positions fall in each window."""
+    return (np.searchsorted(sorted_flat, w_flat + w_len, side="left")
+            - np.searchsorted(sorted_flat, w_flat, side="left"))
+
+
+def _dense(flat: np.ndarray, vals: np.ndarray, w_flat: np.ndarray, w_len: np.ndarray) -> list[np.ndarray]:
+    """Per-token activations inside each window (windows may overlap: one search per window)."""
+    order = np.argsort(flat, kind="stable")
+    f, v = flat[order], vals[order]
+    out = []
+    for a, n in zip(w_flat.tolist(), w_len.tolist()):
+        lo, hi = np.searchsorted(f, [a, a + n])
+        d = np.zeros(n, np.float32)
+        d[f[lo:hi] - a] = v[lo:hi]
+        out.append(d)
+    return out
+
+
+def _make(reader, latent: int, flat: np.ndarray, vals: np.ndarray, rows: np.ndarray,
+          starts: np.ndarray, lens: np.ndarray, kind: str, quantiles: Sequence[int | None],
+          neighbours: Sequence[int | None] | None = None,
+          neighbour_acts: Sequence[float | None] | None = None) -> tuple[Example, ...]:
+    rows, starts, lens = (np.asarray(a, np.int64) for a in (rows, starts, lens))
+    dense = _dense(flat, vals, rows * reader.ctx_len + starts, lens)
+    out = []
+    for i, (r, s, n) in enumerate(zip(rows.tolist(), starts.tolist(), lens.tolist())):
+        acts = dense[i]
+        out.append(Example(latent=latent, row=r, start=s,
+                           token_ids=tuple(int(t) for t in reader.tokens[r, s:s + n]),
+                           acts=tuple(round(float(a), 4) for a in acts),
+                           max_act=round(float(acts.max()) if n else 0.0, 4), quantile=quantiles[i],
+                           kind=kind, neighbour=None if neighbours is None else neighbours[i],
+                           neighbour_act=None if neighbour_acts is None else neighbour_acts[i]))
+    return tuple(out)
+
+
+def split_train_test(n_windows: int, settings: ExampleSettings,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the explanation set and of a disjoint test set (per quantile bin)."""
+    q = quantile_bins(n_windows, settings.n_quantiles)
+    ranks = np.arange(n_windows)
+    if settings.train_sampling == "top":
+        train = ranks[:settings.n_train]
+    elif settings.train_sampling == "random":
+        train = np.sort(rng.choice(n_windows, min(settings.n_train, n_windows), replace=False))
+    else:
+        train = np.concatenate([rng.permutation(ranks[q == b])[:settings.train_per_quantile]
+                                for b in range(settings.n_quantiles)])
+    free = np.ones(n_windows, bool)
+    free[train] = False
+    test = np.concatenate([rng.permutation(ranks[(q == b) & free])[:settings.test_per_quantile]
+                           for b in range(settings.n_quantiles)])
+    return np.sort(train), np.sort(test)
+
+
+def random_negatives(reader, latent: int, n: int, settings: ExampleSettings,
+                     rng: np.random.Generator) -> tuple[Example, ...]:
+    """n windows (same cut as the activating ones) where the latent never fires."""
+    flat, _ = reader.latent(latent)
+    sorted_flat = np.sort(flat)
+    L, W, fp = reader.ctx_len, settings.example_ctx_len, reader.manifest.first_pos
+    n_rows = reader.tokens.shape[0]
+    if settings.window == "fixed":
+        nb = L // W
+        blocks = np.arange(n_rows * nb)
+        r, b = blocks // nb, blocks % nb
+        s = np.maximum(b * W, fp)
+        ln = (b + 1) * W - s
+        silent = _count_inside(sorted_flat, r * L + s, ln) == 0
+        pick = rng.permutation(np.flatnonzero(silent))[:n]
+        r, s, ln = r[pick], s[pick], ln[pick]
+    else:
+        m = max(8 * n, 64)
+        r = rng.integers(0, n_rows, m)
+        s = rng.integers(fp, L - W + 1, m)
+        silent = _count_inside(sorted_flat, r * L + s, np.full(m, W)) == 0
+        keep = _nonoverlapping(r[silent], s[silent], W)[:n]
+        r, s = r[silent][keep], s[silent][keep]
+        ln = np.full(r.size, W)
+    return _make(reader, latent, flat, np.zeros(flat.size, np.float32), r, s, ln, "random",
+                 [None] * len(r))
+
+
+def _nonoverlapping(rows: np.ndarray, starts: np.ndarray, width: int) -> list[int]:
+    """Indices, in order, of candidates that overlap no earlier kept one (same row, |ds| < width)."""
+    kept: dict[int, list[int]] = {}
+    out = []
+    for i, (r, s) in enumerate(zip(rows.tolist(), starts.tolist())):
+        if all(abs(s - t) >= width for t in kept.get(r, ())):
+            kept.setdefault(r, []).append(s)
+            out.append(i)
+    return out
+
+
+def decoder_neighbours(decoder: np.ndarray, latents: Sequence[int], n: int,
+                       alive: np.ndarray | None = None) -> dict[int, tuple[int, ...]]:
+    """The n latents whose decoder rows have the highest cosine with each target (alive only)."""
+    W = np.asarray(decoder, np.float32)
+    W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+    cos = W[np.asarray(latents)] @ W.T
+    if alive is not None:
+        cos[:, ~np.asarray(alive, bool)] = -np.inf
+    cos[np.arange(len(latents)), np.asarray(latents)] = -np.inf
+    top = np.argsort(-cos, axis=1, kind="stable")[:, :n]
+    return {int(j): tuple(int(k) for k in t if np.isfinite(cos[i, k]))
+            for i, (j, t) in enumerate(zip(latents, top))}
+
+
+def cooccurrence_neighbours(reader, latents: Sequence[int], n: int,
+                            progress: bool = False) -> dict[int, tuple[int, ...]]:
+    """The n latents with the highest token-level Jaccard overlap with each target.
+
+    One pass over every latent's non-zeros; targets are packed 64 at a time into a bit mask.
+    """
+    counts = np.diff(reader.ptr)
+    out: dict[int, tuple[int, ...]] = {}
+    n_flat = reader.tokens.size
+    for b0 in range(0, len(latents), 64):
+        batch = [int(j) for j in latents[b0:b0 + 64]]
+        mask = np.zeros(n_flat, np.uint64)
+        for t, j in enumerate(batch):
+            mask[reader.latent(j)[0]] |= np.uint64(1) << np.uint64(t)
+        inter = np.zeros((len(batch), reader.d_sae), np.int64)
+        for k in tqdm(np.flatnonzero(counts), desc="co-occurrence", disable=not progress):
+            m = mask[reader.latent(int(k))[0]]
+            m = m[m != 0]
+            if m.size:
+                bits = (m[:, None] >> np.arange(len(batch), dtype=np.uint64)) & np.uint64(1)
+                inter[:, k] = bits.sum(0)
+        ids = np.asarray(batch)
+        union = counts[ids][:, None] + counts[None, :] - inter
+        jac = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        jac[np.arange(len(batch)), ids] = -1.0
+        for i, j in enumerate(batch):
+            top = np.argsort(-jac[i], kind="stable")[:n]
+            out[j] = tuple(int(k) for k in top if jac[i, k] > 0)
+    return out
+
+
+def hard_negatives(reader, latent: int, neighbours: Sequence[int], n: int,
+                   settings: ExampleSettings) -> tuple[Example, ...]:
+    """Top windows of the neighbour latents where the target is silent, round-robin over
+    neighbours (strongest first), non-overlapping."""
+    flat, _ = reader.latent(latent)
+    sorted_flat = np.sort(flat)
+    L, W = reader.ctx_len, settings.example_ctx_len
+    per: list[list[tuple[int, int, int, float]]] = []
+    for k in neighbours:
+        t = latent_windows(reader, int(k), settings)
+        silent = np.flatnonzero(_count_inside(sorted_flat, t.row * L + t.start, t.length) == 0)[:n]
+        per.append([(int(t.row[i]), int(t.start[i]), int(t.length[i]), float(t.max_act[i]))
+                    + (int(k),) for i in silent])
+    merged = [c for tier in zip_longest(*per) for c in tier if c is not None]
+    rows = np.array([c[0] for c in merged], np.int64)
+    starts = np.array([c[1] for c in merged], np.int64)
+    keep = _nonoverlapping(rows, starts, W)[:n]
+    sel = [merged[i] for i in keep]
+    return _make(reader, latent, flat, np.zeros(flat.size, np.float32), [c[0] for c in sel],
+                 [c[1] for c in sel], [c[2] for c in sel], "hard_negative", [None] * len(sel),
+                 [c[4] for c in sel], [round(c[3], 4) for c in sel])
+
+
+def find_neighbours(reader, latents: Sequence[int], settings: ExampleSettings,
+                    decoder: np.ndarray | None = None) -> dict[int, tuple[int, ...]]:
+    """Neighbours per target by the settings' source ("both" interleaves the two lists)."""
+    alive = reader.stats.count > 0 if reader.stats is not None else np.diff(reader.ptr) > 0
+    lists = []
+    if settings.neighbours in ("decoder", "both"):
+        if decoder is None:
+            raise ValueError("neighbours='decoder' needs the SAE decoder: pass decoder=sae.W_dec "
+                             "(as a numpy array), or use neighbours='cooccurrence'.")
+        lists.append(decoder_neighbours(decoder, latents, settings.n_neighbours, alive))
+    if settings.neighbours in ("cooccurrence", "both"):
+        lists.append(cooccurrence_neighbours(reader, latents, settings.n_neighbours))
+    out = {}
+    for j in latents:
+        tiers = zip_longest(*[lst[int(j)] for lst in lists])
+        seen = dict.fromkeys(k for tier in tiers for k in tier if k is not None)
+        out[int(j)] = tuple(seen)[:settings.n_neighbours]
+    return out
+
+
+def for_latent(reader, latent: int, settings: ExampleSettings,
+               neighbours: Sequence[int] = ()) -> LatentExamples:
+    """Explanation set, test set, random and hard negatives of one latent (or why it is skipped)."""
+    rng = np.random.default_rng([settings.seed, int(latent)])
+    table = latent_windows(reader, latent, settings)
+    max_act = float(table.max_act[0]) if len(table) else 0.0
+    if len(table) < settings.min_examples:
+        return LatentExamples(latent, max_act, len(table), neighbours=tuple(neighbours),
+                              skipped_reason=f"{len(table)} activating windows < min_examples="
+                                             f"{settings.min_examples}")
+    flat, vals = reader.latent(latent)
+    q = table.quantiles(settings.n_quantiles)
+    train_r, test_r = split_train_test(len(table), settings, rng)
+
+    def act(ranks: np.ndarray) -> tuple[Example, ...]:
+        return _make(reader, latent, flat, vals, table.row[ranks], table.start[ranks],
+                     table.length[ranks], "activating", [int(x) for x in q[ranks]])
+
+    train, test = act(train_r), act(test_r)
+    negs = random_negatives(reader, latent, len(test), settings, rng)
+    pool = hard_negatives(reader, latent, neighbours, settings.n_train_negatives + len(test), settings)
+    pool = tuple(pool[i] for i in rng.permutation(len(pool)))
+    return LatentExamples(latent, max_act, len(table), train, test, negs,
+                          pool[settings.n_train_negatives:], pool[:settings.n_train_negatives],
+                          tuple(int(k) for k in neighbours))
+
+
+def build(reader, latents: Iterable[int], settings: ExampleSettings,
+          decoder: np.ndarray | None = None, progress: bool = True) -> list[LatentExamples]:
+    """Examples of many latents (seeded per latent, so independent of which others are built)."""
+    latents = [int(j) for j in latents]
+    nbrs = find_neighbours(reader, latents, settings, decoder) if settings.n_neighbours else {}
+    return [for_latent(reader, j, settings, nbrs.get(j, ()))
+            for j in tqdm(latents, desc="examples", disable=not progress)]
+
+
+def pick_latents(stats, n: int, *, seed: int = 0, min_count: int = 1,
+                 max_rate: float = 0.05) -> list[int]:
+    """A seeded sample of n latents that fire on >= min_count tokens and <= max_rate of tokens."""
+    ok = np.flatnonzero((stats.count >= min_count) & (stats.firing_rate <= max_rate))
+    if ok.size == 0:
+        raise ValueError(f"No latent fires on >= {min_count} tokens and <= {max_rate:.1%} of tokens: "
+                         "lower min_examples, raise max_rate, or cache more tokens.")
+    rng = np.random.default_rng(seed)
+    return sorted(int(j) for j in rng.choice(ok, min(n, ok.size), replace=False))
+
+
+class TokenDecoder:
+    """Token id -> its text (as the tokenizer decodes it alone), memoised."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._memo: dict[int, str] = {}
+
+    def __call__(self, ids: Iterable[int]) -> list[str]:
+        ids = [int(i) for i in ids]
+        new = sorted(set(ids) - self._memo.keys())
+        if new:
+            self._memo.update(zip(new, self.tokenizer.batch_decode([[i] for i in new])))
+        return [self._memo[i] for i in ids]
+
+
+# -- persistence ---------------------------------------------------------------------------------
+def _example_from(d: dict) -> Example:
+    return Example(**{**d, "token_ids": tuple(d["token_ids"]), "acts": tuple(d["acts"])})
+
+
+def to_dict(lex: LatentExamples) -> dict[str, Any]:
+    return dataclasses.asdict(lex)
+
+
+def from_dict(d: dict[str, Any]) -> LatentExamples:
+    sets = {f: tuple(_example_from(e) for e in d[f]) for f in
+            ("train", "test_activating", "test_negative", "test_hard_negative", "train_negative")}
+    return LatentExamples(**{**d, **sets, "neighbours": tuple(d["neighbours"])})
+
+
+def save(path: str | os.PathLike, examples: Sequence[LatentExamples],
+         header: dict[str, Any]) -> Path:
+    """JSONL: a header line (settings, provenance), then one line per latent; atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"header": True, **header}, default=str) + "\n")
+        for lex in examples:
+            f.write(json.dumps(to_dict(lex)) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, Any], list[LatentExamples]]:
+    """Read what ``save`` wrote: (header, examples)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    return header, [from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
+
+
+def settings_dict(settings: ExampleSettings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+DecodeFn = Callable[[Iterable[int]], list[str]]
