@@ -91,7 +91,7 @@ def test_top_windows_are_centred_on_the_peak(tmp_path, subject, topk_sae, rows):
         assert len(w.token_ids) == width and w.acts[w.peak] == pytest.approx(w.max_act)
         pos = w.start + w.peak
         # The peak sits 3/4 into the window unless the row's edge is in the way.
-        expected = min(max(pos - 3 * width // 4, 0), rows.shape[1] - width)
+        expected = min(max(pos - 3 * width // 4, 1), rows.shape[1] - width)  # never the BOS
         assert w.start == expected
         assert list(w.token_ids) == rows[w.row, w.start:w.start + width].tolist()
     assert reader.top_windows(j, n=1)[0].max_act == pytest.approx(float(reader.stats.max_act[j]), rel=1e-3)

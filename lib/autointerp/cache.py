@@ -331,7 +331,7 @@ class CacheReader:
         return out
 
     def top_windows(self, j: int, n: int = 10, width: int = 32, tokenizer=None) -> list["Window"]:
-        """The n most activating windows of latent j, each centred so its peak sits ~3/4 in."""
+        """The n most activating windows of latent j (one per row), peak ~3/4 in, BOS left out."""
         flat, vals = self.latent(j)
         if flat.size == 0:
             return []
@@ -345,7 +345,8 @@ class CacheReader:
         wins = []
         for i in best:
             row, pos = int(rows[i]), int(flat[i] % self.ctx_len)
-            start = min(max(pos - (3 * width) // 4, 0), max(self.ctx_len - width, 0))
+            lo = self.manifest.first_pos if self.ctx_len - self.manifest.first_pos >= width else 0
+            start = min(max(pos - (3 * width) // 4, lo), max(self.ctx_len - width, 0))
             dense = self.dense_row(row, j)[start:start + width]
             toks = self.tokens[row, start:start + width]
             text = [tokenizer.decode([int(t)]) for t in toks] if tokenizer is not None else None

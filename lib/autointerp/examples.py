@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -222,27 +222,18 @@ def _centred_starts(rows: np.ndarray, pos: np.ndarray, vals: np.ndarray, ctx_len
     return np.concatenate(out_row), np.concatenate(out_start)
 
 
-def _assign(flat: np.ndarray, w_flat: np.ndarray, w_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For non-overlapping windows (flat starts, lengths): index of the window holding each flat
-    position (-1 if none), and the windows' sort order used."""
-    order = np.argsort(w_flat, kind="stable")
-    s = w_flat[order]
-    i = np.searchsorted(s, flat, side="right") - 1
-    inside = (i >= 0) & (flat < s[np.maximum(i, 0)] + w_len[order][np.maximum(i, 0)])
-    return np.where(inside, order[np.maximum(i, 0)], -1), order
-
-
 def _window_max(flat: np.ndarray, vals: np.ndarray, w_flat: np.ndarray,
                 w_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Max value and its flat position in each non-overlapping window."""
-    w_max = np.zeros(w_flat.size, np.float32)
-    w_peak = w_flat.copy()
+    """Max value and its flat position in each of some non-overlapping windows."""
+    w_max, w_peak = np.zeros(w_flat.size, np.float32), w_flat.copy()
     if not w_flat.size:
         return w_max, w_peak
-    idx, _ = _assign(flat, w_flat, w_len)
-    m = idx >= 0
-    o = np.lexsort((-vals[m], idx[m]))
-    g, v, f = idx[m][o], vals[m][o], flat[m][o]
+    order = np.argsort(w_flat, kind="stable")
+    i = np.maximum(np.searchsorted(w_flat[order], flat, side="right") - 1, 0)
+    m = (flat >= w_flat[order][i]) & (flat < w_flat[order][i] + w_len[order][i])
+    idx = order[i][m]
+    o = np.lexsort((-vals[m], idx))
+    g, v, f = idx[o], vals[m][o], flat[m][o]
     first = np.ones(g.size, bool)
     first[1:] = g[1:] != g[:-1]
     w_max[g[first]], w_peak[g[first]] = v[first], f[first]
@@ -461,8 +452,10 @@ def for_latent(reader, latent: int, settings: ExampleSettings,
     negs = random_negatives(reader, latent, len(test), settings, rng)
     pool = hard_negatives(reader, latent, neighbours, settings.n_train_negatives + len(test), settings)
     pool = tuple(pool[i] for i in rng.permutation(len(pool)))
-    return LatentExamples(latent, max_act, len(table), train, test, negs,
-                          pool[settings.n_train_negatives:], pool[:settings.n_train_negatives],
+    # a short pool is shared in proportion, so neither the explainer nor the test set goes empty
+    n_tr = settings.n_train_negatives
+    k = min(n_tr, max(int(n_tr > 0 and len(pool) > 0), round(len(pool) * n_tr / max(n_tr + len(test), 1))))
+    return LatentExamples(latent, max_act, len(table), train, test, negs, pool[k:], pool[:k],
                           tuple(int(k) for k in neighbours))
 
 
@@ -506,10 +499,6 @@ def _example_from(d: dict) -> Example:
     return Example(**{**d, "token_ids": tuple(d["token_ids"]), "acts": tuple(d["acts"])})
 
 
-def to_dict(lex: LatentExamples) -> dict[str, Any]:
-    return dataclasses.asdict(lex)
-
-
 def from_dict(d: dict[str, Any]) -> LatentExamples:
     sets = {f: tuple(_example_from(e) for e in d[f]) for f in
             ("train", "test_activating", "test_negative", "test_hard_negative", "train_negative")}
@@ -525,7 +514,7 @@ def save(path: str | os.PathLike, examples: Sequence[LatentExamples],
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps({"header": True, **header}, default=str) + "\n")
         for lex in examples:
-            f.write(json.dumps(to_dict(lex)) + "\n")
+            f.write(json.dumps(dataclasses.asdict(lex)) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -539,6 +528,3 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Any], list[LatentExamples]]
 
 def settings_dict(settings: ExampleSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
-
-
-DecodeFn = Callable[[Iterable[int]], list[str]]

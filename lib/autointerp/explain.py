@@ -82,7 +82,7 @@ def highlight(tokens: Sequence[str], active: Sequence[bool]) -> str:
         span = _clean("".join(tokens[i:j]))
         core = span.strip()
         if not core:
-            out.append(span)
+            out.append(f"<<{span}>>")
         else:
             lead, tail = span[:len(span) - len(span.lstrip())], span[len(span.rstrip()):]
             out.append(f"{lead}<<{core}>>{tail}")
@@ -168,12 +168,16 @@ class LLMExplainer:
     @property
     def prompt_hash(self) -> str:
         """sha256 (16 hex) of the prompt template and every setting."""
-        return _hash({"system": self.system_prompt(), "worked": self.worked_messages(),
-                      "settings": dataclasses.asdict(self)})
+        return _hash({"system": self.system_prompt(), "settings": dataclasses.asdict(self)})
 
     def system_prompt(self) -> str:
+        """Instructions, then the worked examples (inside the system prompt: as chat turns, small
+        models copy the last worked answer verbatim far more often)."""
+        worked = "\n\n".join(f"Worked example {i + 1}. Excerpts:\n{u}\nAnswer:\n{a}"
+                              for i, (u, a) in enumerate(self.worked_examples()))
         return (_INTRO + (_CONTRAST if self.contrastive else _PLAIN)
-                + (_LEVELS if self.show_activations else "") + _TASK + (_ANSWER_COT if self.cot else _ANSWER))
+                + (_LEVELS if self.show_activations else "") + _TASK
+                + (_ANSWER_COT if self.cot else _ANSWER) + "\n\n" + worked)
 
     def _user(self, positives: Sequence[tuple[Sequence[str], Sequence[float]]],
               negatives: Sequence[Sequence[str]], latent_max: float) -> str:
@@ -186,12 +190,11 @@ class LLMExplainer:
                         for i, t in enumerate(negatives)) or "(none found)"
         return f"ACTIVATING EXAMPLES:\n{pos}\n\nNON-ACTIVATING EXAMPLES:\n{neg}"
 
-    def worked_messages(self) -> list[tuple[str, str]]:
-        msgs = []
-        for pos, neg, reasoning, answer in _WORKED:
-            msgs.append(("user", self._user(pos, [t for t, _ in neg], 10.0)))
-            msgs.append(("assistant", (f"{reasoning}\n" if self.cot else "") + f"{MARKER} {answer}"))
-        return msgs
+    def worked_examples(self) -> list[tuple[str, str]]:
+        """(excerpts, answer) of each worked example, formatted like a real prompt."""
+        return [(self._user(pos, [t for t, _ in neg], 10.0),
+                 (f"{reasoning}\n" if self.cot else "") + f"{MARKER} {answer}")
+                for pos, neg, reasoning, answer in _WORKED]
 
     def select(self, lex: LatentExamples) -> tuple[list[Example], list[Example]]:
         """The activating (spread over quantiles) and negative examples shown for one latent."""
@@ -203,7 +206,7 @@ class LLMExplainer:
         pos, neg = self.select(lex)
         user = self._user([(decode(e.token_ids), e.acts) for e in pos],
                           [decode(e.token_ids) for e in neg], lex.max_act)
-        return (("system", self.system_prompt()), *self.worked_messages(), ("user", user))
+        return (("system", self.system_prompt()), ("user", user))
 
     def requests(self, lex: LatentExamples, decode: Decode) -> list[ChatRequest]:
         msgs = self.messages(lex, decode)
@@ -219,6 +222,8 @@ class LLMExplainer:
         out = []
         for i, r in enumerate(responses):
             text, error = (None, r.error) if r.error else parse_answer(r.text or "")
+            if text is not None and _norm(text) in {_norm(w[3]) for w in _WORKED}:
+                text, error = None, "repeated a worked example's answer verbatim"
             out.append(Explanation(
                 latent=lex.latent, explainer=self.name, text=text, failed=text is None, error=error,
                 sample=i, n_samples=len(responses), random_pick=len(responses) > 1 and i == pick,
@@ -245,6 +250,10 @@ def _spread(examples: Sequence[Example], n: int) -> list[Example]:
     return [examples[i] for i in sorted(picked[:n])]
 
 
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
 def parse_answer(reply: str) -> tuple[str | None, str | None]:
     """(explanation, None) from the text after the last marker, or (None, why it failed)."""
     found = list(_MARKER_RE.finditer(reply))
@@ -259,7 +268,8 @@ def parse_answer(reply: str) -> tuple[str | None, str | None]:
 
 # -- explainers without an LLM --------------------------------------------------------------------
 def _show(tok: str) -> str:
-    return tok.strip() or json.dumps(tok)[1:-1]
+    """A token readable inside quotes: stripped, or its whitespace spelled out."""
+    return tok.strip() or tok.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t")
 
 
 @dataclass(frozen=True)
@@ -455,9 +465,61 @@ def load_records(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Expla
     return json.loads(lines[0]), recs
 
 
-def load(run_dir: str | os.PathLike):
-    """One row per explanation (latent, explainer, sample, text, failed, ...) as a DataFrame."""
+def to_frame(explanations: Sequence[Explanation]):
+    """One row per explanation as a pandas DataFrame."""
     import pandas as pd
 
-    _, recs = load_records(run_dir)
-    return pd.DataFrame([dataclasses.asdict(r) for r in recs])
+    return pd.DataFrame([dataclasses.asdict(r) for r in explanations])
+
+
+def load(run_dir: str | os.PathLike):
+    """One row per explanation (latent, explainer, sample, text, failed, ...) as a DataFrame."""
+    return to_frame(load_records(run_dir)[1])
+
+
+def side_by_side(explanations: Sequence[Explanation]):
+    """Latents x explainers: the first sample's text, or "FAILED: reason"."""
+    df = to_frame([x for x in explanations if x.sample == 0])
+    df["shown"] = [f"FAILED: {e}" if f else t for t, f, e in zip(df.text, df.failed, df.error)]
+    return df.pivot(index="latent", columns="explainer", values="shown")[
+        list(dict.fromkeys(df.explainer))]
+
+
+def summary(explanations: Sequence[Explanation]):
+    """Per explainer: explanations, failures, failure rate, distinct texts, mean words, cache hits."""
+    df = to_frame(explanations)
+    ok = df[~df.failed]
+    g = df.groupby("explainer", sort=False)
+    out = g.agg(explanations=("latent", "size"), failed=("failed", "sum"), cached=("cached", "sum"))
+    out["failure_rate"] = out.failed / out.explanations
+    out["distinct_texts"] = ok.groupby("explainer").text.nunique().reindex(out.index).fillna(0).astype(int)
+    out["mean_words"] = ok.text.str.split().str.len().groupby(ok.explainer).mean().reindex(out.index)
+    return out
+
+
+# Per-profile defaults of the explaining chapter (the 135M local model reads short prompts best).
+PROFILE_SETTINGS: dict[str, dict[str, int]] = {
+    "smoke": {"n_latents": 4, "max_tokens": 48},
+    "demo": {"n_latents": 16, "max_tokens": 100},
+    "full": {"n_latents": 200, "max_tokens": 200},
+}
+
+
+def profile_settings(profile: str, **overrides: Any) -> dict[str, Any]:
+    """The profile's n_latents and max_tokens, then every override that is not None."""
+    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["demo"]))
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def verdict(endpoint: Endpoint, llm_summary) -> str:
+    """One honest sentence about the LLM explanations of this run, from its own numbers."""
+    n = int(llm_summary.explanations.sum())
+    rate = float(llm_summary.failed.sum()) / max(n, 1)
+    distinct = int(llm_summary.distinct_texts.sum())
+    local = endpoint.is_local and "135m" in endpoint.model.lower()
+    head = (f"These explanations come from the embedded {endpoint.model} (local): it proves the "
+            "mechanics, but it is a weak explainer" if local else
+            f"These explanations come from {endpoint.model} at {safe_url(endpoint.base_url)}")
+    return (f"{head}; {rate:.0%} of its {n} answers failed and {distinct} of them were distinct."
+            + (" More than half failed: raise max_tokens, or use a stronger model." if rate > 0.5 else ""))

@@ -88,3 +88,87 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     typed.observe(lambda ch: show(int(ch["new"])), names="value")
     show(int(typed.value))
     return w.VBox([w.HBox([pick, typed]), out])
+
+
+def quantile_figure(table, lex=None, n_quantiles: int = 10, title: str | None = None):
+    """A latent's activating windows by rank (max activation, coloured by quantile bin), with the
+    explanation set and the test set marked."""
+    import plotly.graph_objects as go
+
+    rank = np.arange(len(table))
+    q = table.quantiles(n_quantiles)
+    fig = go.Figure(go.Scatter(x=rank, y=table.max_act, mode="markers", name="all windows",
+                               marker=dict(color=q, colorscale="Viridis", size=5, opacity=0.5,
+                                           colorbar=dict(title="quantile"))))
+    if lex is not None:
+        key = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(table.row, table.start))}
+        for name, exs, symbol, color in (("explanation set", lex.train, "x", "#c00"),
+                                         ("test set", lex.test_activating, "circle-open", "#000")):
+            ranks = [key[(e.row, e.start)] for e in exs if (e.row, e.start) in key]
+            fig.add_scatter(x=ranks, y=table.max_act[ranks], mode="markers", name=name,
+                            marker=dict(symbol=symbol, size=9, color=color))
+    fig.update_layout(title=title or f"latent {table.latent}: {len(table)} activating windows by rank",
+                      xaxis_title="rank (0 = strongest window)", yaxis_title="window max activation",
+                      height=360, template="plotly_white", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def examples_html(examples, decode, vmax: float | None = None, title: str = "") -> str:
+    """Example windows as shaded token lines (see tokens_html), each with its max and quantile."""
+    rows = []
+    for e in examples:
+        tag = f"q{e.quantile}" if e.quantile is not None else (
+            f"n{e.neighbour}" if e.neighbour is not None else "rnd")
+        rows.append(f"<div style='margin:2px 0'><code>{e.max_act:5.2f} {tag:>4}</code> "
+                    f"{tokens_html(decode(e.token_ids), e.acts, vmax=vmax, peak=e.peak if e.max_act > 0 else None)}</div>")
+    head = f"<div style='margin-top:6px'><b>{html.escape(title)}</b></div>" if title else ""
+    return head + ("".join(rows) or "<i>(none)</i>")
+
+
+def explanations_html(explanations) -> str:
+    """A table: explainer, sample, explanation (or the failure and its reason)."""
+    cells = []
+    for x in explanations:
+        text = (f"<span style='color:#b00'>FAILED: {html.escape(x.error or '')}</span>" if x.failed
+                else html.escape(x.text or ""))
+        sample = f"{x.sample + 1}/{x.n_samples}{' (random pick)' if x.random_pick else ''}" \
+            if x.n_samples > 1 else ""
+        cells.append(f"<tr><td><code>{html.escape(x.explainer)}</code> {sample}</td>"
+                     f"<td style='text-align:left'>{text}</td></tr>")
+    return "<table>" + "".join(cells) + "</table>"
+
+
+def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
+    """Pick a latent: all its explanations side by side, then its explanation set, test examples,
+    random and hard negatives (shaded by the latent's activation)."""
+    import ipywidgets as w
+    from IPython.display import HTML, display
+
+    by: dict[int, list] = {}
+    for x in explanations:
+        by.setdefault(x.latent, []).append(x)
+    lexs = {lx.latent: lx for lx in latent_examples}
+    options = [(f"{j}" + (f"  (skipped: {lx.skipped_reason})" if lx.skipped else ""), j)
+               for j, lx in lexs.items()]
+    pick = w.Dropdown(options=options, description="latent", layout=w.Layout(width="520px"))
+    out = w.Output()
+
+    def show(_=None) -> None:
+        out.clear_output(wait=True)
+        lx = lexs[pick.value]
+        with out:
+            if lx.skipped:
+                display(HTML(f"<i>latent {lx.latent} was skipped: {html.escape(lx.skipped_reason)}</i>"))
+                return
+            parts = [f"<b>latent {lx.latent}</b>: {lx.n_windows} activating windows, max {lx.max_act:.2f}, "
+                     f"neighbours {list(lx.neighbours)}", explanations_html(by.get(lx.latent, [])),
+                     examples_html(lx.train, decode, lx.max_act, "explanation set (q = quantile, 0 = top)"),
+                     examples_html(lx.test_activating[:n_show], decode, lx.max_act, "test: activating"),
+                     examples_html(lx.test_negative[:n_show], decode, lx.max_act, "test: random negatives"),
+                     examples_html(lx.test_hard_negative[:n_show], decode, lx.max_act,
+                                   "test: hard negatives (n = neighbour latent that fires there)")]
+            display(HTML("".join(parts)))
+
+    pick.observe(show, names="value")
+    show()
+    return w.VBox([pick, out])

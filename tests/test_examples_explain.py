@@ -1,0 +1,266 @@
+"""Examples (windows, quantiles, train/test sets, negatives) and explainers (prompts, parsing,
+failures, logit lens, results file, the local server end to end)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_topk_sae
+from fault_server import FaultServer
+
+from autointerp import cache, examples as ex, explain as xp
+from autointerp.llm import Endpoint, LLMClient
+
+SETTINGS = ex.ExampleSettings(example_ctx_len=8, n_quantiles=2, train_per_quantile=2,
+                              test_per_quantile=2, n_train_negatives=2, min_examples=6,
+                              n_neighbours=4, seed=0)
+FAST = dict(timeout_s=5, max_tries=2, backoff_base_s=0.01, backoff_max_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return random_topk_sae()
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory, subject, rows, sae):
+    return cache.build_cache(tmp_path_factory.mktemp("cache"), subject, sae, "model.layers.4", rows,
+                             sae_id="random", corpus_hash="test", progress=False)
+
+
+@pytest.fixture(scope="module")
+def decoder(sae):
+    return sae.W_dec.detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def latents(reader):
+    return ex.pick_latents(reader.stats, 6, seed=0, min_count=SETTINGS.min_examples, max_rate=0.2)
+
+
+@pytest.fixture(scope="module")
+def built(reader, latents, decoder):
+    lexs = ex.build(reader, latents, SETTINGS, decoder=decoder, progress=False)
+    assert sum(not x.skipped for x in lexs) >= 3, [x.skipped_reason for x in lexs]
+    return lexs
+
+
+def window_acts(reader, latent: int, e: ex.Example) -> np.ndarray:
+    return reader.dense_row(e.row, latent)[e.start:e.start + len(e.token_ids)]
+
+
+# -- windows and quantiles ----------------------------------------------------------------------
+def test_centred_windows_put_the_peak_three_quarters_in_and_never_touch_bos():
+    L, W = 64, 16
+    spots = {(0, 40): 5.0, (1, 3): 5.0, (2, 62): 5.0, (3, 20): 5.0, (3, 24): 3.0, (3, 50): 4.0}
+    flat = np.array([r * L + p for r, p in spots], np.int64)
+    vals = np.array(list(spots.values()), np.float32)
+    t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
+    got = {(int(r), int(p)): int(s) for r, s, p in zip(t.row, t.start, t.peak)}
+    assert got[(0, 40)] == 40 - 3 * W // 4  # peak 12 of 16 tokens in: centring is not inverted
+    assert got[(1, 3)] == 1  # clipped at the row start, but never onto BOS (position 0)
+    assert got[(2, 62)] == L - W  # clipped at the row end
+    assert got[(3, 20)] == 8 and got[(3, 50)] == 38  # the weaker peak at 24 overlaps: no window
+    assert len(t) == 5 and list(t.max_act) == sorted(t.max_act, reverse=True)
+    assert np.all(t.length == W)
+
+    rng = np.random.default_rng(0)  # random non-zeros: bounds, no overlap, each row's top centred
+    flat = rng.choice(np.arange(20 * L).reshape(20, L)[:, 1:].ravel(), 300, replace=False)
+    vals = rng.random(flat.size).astype(np.float32) + 0.1
+    t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
+    assert t.start.min() >= 1 and (t.start + W).max() <= L
+    for r in np.unique(t.row):
+        s = np.sort(t.start[t.row == r])
+        assert np.all(np.diff(s) >= W)
+        in_row = flat // L == r
+        top = int(flat[in_row][np.argmax(vals[in_row])] % L)
+        k = np.flatnonzero((t.row == r) & (t.peak == top))
+        assert k.size == 1 and t.start[k[0]] == np.clip(top - 3 * W // 4, 1, L - W)
+
+
+def test_fixed_windows_are_row_blocks_after_bos():
+    L, W = 32, 8
+    flat = np.array([2, 5, 9, 31, 32 + 17], np.int64)
+    vals = np.array([1.0, 3.0, 2.0, 4.0, 0.5], np.float32)
+    t = ex.windows_from_arrays(0, flat, vals, L, W, "fixed", first_pos=1)
+    assert list(zip(t.row, t.start, t.length, t.peak, t.max_act)) == [
+        (0, 24, 8, 31, 4.0), (0, 1, 7, 5, 3.0), (0, 8, 8, 9, 2.0), (1, 16, 8, 17, 0.5)]
+    with pytest.raises(ValueError, match="must divide ctx_len"):
+        ex.windows_from_arrays(0, flat, vals, L, 7, "fixed")
+
+
+def test_quantile_bins_are_equal_count_and_bin_0_holds_the_top(reader, latents):
+    q = ex.quantile_bins(103, 10)
+    counts = np.bincount(q)
+    assert counts.size == 10 and counts.max() - counts.min() <= 1 and np.all(np.diff(q) >= 0)
+    t = ex.latent_windows(reader, latents[0], SETTINGS)
+    qb = t.quantiles(3)
+    assert t.max_act[qb == 0].min() >= t.max_act[qb == 1].max() >= t.max_act[qb == 2].min()
+
+
+# -- example sets --------------------------------------------------------------------------------
+def test_sets_are_disjoint_true_and_negatives_silent(reader, built):
+    for lx in (x for x in built if not x.skipped):
+        train = {(e.row, e.start) for e in lx.train}
+        test = {(e.row, e.start) for e in lx.test_activating}
+        assert train and test and not train & test
+        assert len(lx.test_negative) == len(lx.test_activating)
+        assert sorted(e.quantile for e in lx.train) == [0, 0, 1, 1]
+        for e in lx.train + lx.test_activating:
+            assert e.kind == "activating" and e.start >= 1 and e.max_act > 0
+            np.testing.assert_allclose(window_acts(reader, lx.latent, e), e.acts, atol=1e-3)
+        for e in lx.test_negative + lx.test_hard_negative + lx.train_negative:
+            assert not window_acts(reader, lx.latent, e).any(), "a negative where the target fires"
+            assert e.start >= 1 and e.quantile is None and max(e.acts) == 0
+        for e in lx.test_hard_negative + lx.train_negative:
+            assert e.kind == "hard_negative" and e.neighbour in lx.neighbours
+            assert window_acts(reader, e.neighbour, e).max() == pytest.approx(e.neighbour_act, rel=1e-3)
+        hard = {(e.row, e.start) for e in lx.test_hard_negative + lx.train_negative}
+        assert len(hard) == len(lx.test_hard_negative) + len(lx.train_negative)
+
+
+def test_seeded_reproducibility(reader, latents, decoder, built):
+    again = ex.build(reader, latents, SETTINGS, decoder=decoder, progress=False)
+    assert again == built
+    other = ex.build(reader, latents, dataclasses.replace(SETTINGS, seed=1), decoder=decoder,
+                     progress=False)
+    assert [x.train for x in other] != [x.train for x in built]
+    one = ex.build(reader, latents[1:2], SETTINGS, decoder=decoder, progress=False)[0]
+    assert one == built[1], "a latent's examples must not depend on which other latents are built"
+
+
+def test_latents_below_min_examples_are_skipped_and_reported(reader, latents):
+    lexs = ex.build(reader, latents, dataclasses.replace(SETTINGS, min_examples=10_000, n_neighbours=0),
+                    progress=False)
+    assert all(x.skipped and "min_examples=10000" in x.skipped_reason and not x.train for x in lexs)
+    assert xp.run_explainers(lexs, [xp.TopTokensExplainer()], str) == []
+
+
+def test_neighbours_by_decoder_cosine_and_cooccurrence(reader, latents):
+    rng = np.random.default_rng(0)
+    dec = rng.normal(size=(reader.d_sae, 16)).astype(np.float32)
+    dec[latents[1]] = dec[latents[0]] + 0.01 * rng.normal(size=16)
+    assert ex.decoder_neighbours(dec, [latents[0]], 3)[latents[0]][0] == latents[1]
+    j = latents[0]
+    got = ex.cooccurrence_neighbours(reader, [j], 3)[j]
+    mine = set(reader.latent(j)[0].tolist())
+    jac = {k: len(mine & set(reader.latent(k)[0].tolist()))
+           / len(mine | set(reader.latent(k)[0].tolist())) for k in range(reader.d_sae) if k != j}
+    best = sorted(jac, key=lambda k: (-jac[k], k))[:3]
+    assert list(got) == best
+
+
+def test_examples_file_roundtrip(tmp_path, built):
+    path = ex.save(tmp_path / "examples.jsonl", built, {"settings": dataclasses.asdict(SETTINGS)})
+    header, back = ex.load(path)
+    assert header["header"] and back == built
+
+
+# -- prompts and explainers ----------------------------------------------------------------------
+def test_highlights_merge_neighbouring_active_tokens():
+    toks = ["The", " big", " red", " dog", " ran", " home", "\n"]
+    acts = [0.0, 5.0, 4.0, 1.0, 2.0, 0.0, 0.0]  # threshold 0.3 x 5 = 1.5
+    assert xp.format_example(toks, acts, 10.0) == "The <<big red>> dog <<ran>> home\\n"
+    shown = xp.format_example(toks, acts, 10.0, show_activations=True)
+    assert shown.endswith("Activations: ('big', 5), ('red', 4), ('ran', 2)")
+    assert xp.highlight(["a", " b", " c"], [True, True, True]) == "<<a b c>>"
+
+
+def fake_client(srv: FaultServer, tmp_path=None) -> LLMClient:
+    return LLMClient(Endpoint(base_url=srv.base_url, model="fake"), tmp_path, concurrency=1, **FAST)
+
+
+def test_unparseable_or_copied_answers_are_recorded_failures(built):
+    lexs = [x for x in built if not x.skipped][:4]
+    script = [("good", "It is about files, I think."), ("good", "[EXPLANATION]: Names of oceans and seas."),
+              ("status", 400), ("good", "Reasoning first.\n[explanation]: \"Opening brackets\"\nmore")]
+    dec = lambda ids: [f" t{i}" for i in ids]  # noqa: E731
+    with FaultServer(script) as srv:
+        out = xp.run_explainers(lexs, [xp.LLMExplainer(max_tokens=40), xp.TopTokensExplainer()], dec,
+                                fake_client(srv))
+        sent = srv.requests
+    llm = [x for x in out if x.explainer == "llm"]
+    assert [x.failed for x in llm] == [True, True, True, False]
+    assert llm[0].text is None and "marker" in llm[0].error and llm[0].raw.startswith("It is")
+    assert "worked example" in llm[1].error and "HTTP 400" in llm[2].error
+    assert llm[3].text == "Opening brackets" and llm[3].prompt_hash == xp.LLMExplainer(max_tokens=40).prompt_hash
+    assert all(not x.failed for x in out if x.explainer == "top_tokens")
+    assert sent[0]["temperature"] == 0 and sent[0]["max_tokens"] == 40
+    assert "<<" in sent[0]["messages"][-1]["content"]
+    shown = xp.render_prompt(xp.LLMExplainer(max_tokens=40), lexs[0], dec)
+    assert all(m["content"] in shown for m in sent[0]["messages"]), "render_prompt must show what is sent"
+
+
+def test_contrastive_and_best_of_k(built):
+    lx = next(x for x in built if not x.skipped)
+    dec = lambda ids: [f" t{i}" for i in ids]  # noqa: E731
+    user = xp.contrastive_explainer().messages(lx, dec)[-1][1]
+    assert "ACTIVATING EXAMPLES:" in user and "NON-ACTIVATING EXAMPLES:" in user
+    assert user.split("NON-ACTIVATING")[1].count("Example ") == len(lx.train_negative)
+    assert "<<" not in user.split("NON-ACTIVATING")[1]
+    bok = xp.LLMExplainer(n_samples=3, name="llm_k3")
+    with FaultServer(default=("good", "[EXPLANATION]: something")) as srv:
+        out = xp.run_explainers([lx], [bok], dec, fake_client(srv))
+        sent = srv.requests
+    assert [x.sample for x in out] == [0, 1, 2] and sum(x.random_pick for x in out) == 1
+    assert {r["seed"] for r in sent} == {0, 1, 2} and {r["temperature"] for r in sent} == {0.7}
+    with pytest.raises(ValueError, match="sample_temperature"):
+        xp.LLMExplainer(n_samples=2, sample_temperature=0)
+
+
+def test_logit_lens_finds_a_planted_direction(subject):
+    tok = subject.tokenizer
+    U = subject.hf.get_output_embeddings().weight.detach()
+    scale = xp.final_norm_scale(subject.hf)
+    t = tok.encode(" function", add_special_tokens=False)[0]
+    dec = torch.zeros(4, U.shape[1])
+    dec[2] = U[t] / scale  # after the final norm's scale this is exactly the token's unembedding row
+    dec[3] = -dec[2]
+    lens = xp.LogitLensExplainer(dec, U, scale, k=5)
+    decode = ex.TokenDecoder(tok)
+    up = lens.explain(ex.LatentExamples(2, 1.0, 0), decode)
+    down = lens.explain(ex.LatentExamples(3, 1.0, 0), decode)
+    assert up.details["promoted"][0][2] == t and '"function"' in up.text
+    assert down.details["suppressed"][0][2] == t
+
+
+def test_results_file_header_and_frame(tmp_path, built):
+    dec = lambda ids: [f" t{i}" for i in ids]  # noqa: E731
+    exps = [xp.TopTokensExplainer()]
+    out = xp.run_explainers(built, exps, dec)
+    ep = Endpoint(base_url="https://user:sk-SECRET@api.example.com/v1?key=sk-SECRET", model="m")
+    path = xp.save(tmp_path, out, explainers=exps, endpoint=ep, seed=0,
+                   skipped={x.latent: x.skipped_reason for x in built if x.skipped})
+    assert "SECRET" not in path.read_text()
+    header, recs = xp.load_records(tmp_path)
+    assert header["llm"]["base_url"] == "https://api.example.com/v1"
+    assert header["explainers"][0]["prompt_hash"] == exps[0].prompt_hash
+    assert header["provenance"]["packages"]["numpy"] and recs == out
+    assert len(path.read_text().splitlines()) == 1 + len({x.latent for x in out})
+    df = xp.load(tmp_path)
+    assert len(df) == len(out) and {"latent", "explainer", "text", "failed"} <= set(df.columns)
+    assert xp.summary(out).loc["top_tokens", "failure_rate"] == 0
+
+
+@pytest.mark.slow
+def test_local_server_end_to_end_and_rerun_is_cached(tmp_path, built, subject):
+    lexs = [x for x in built if not x.skipped][:2]
+    decode = ex.TokenDecoder(subject.tokenizer)
+    exps = [xp.LLMExplainer(max_tokens=32), xp.TopTokensExplainer()]
+    with xp.llm_endpoint(n_ctx=2048) as ep:
+        first = LLMClient(ep, tmp_path / "llm_cache", concurrency=1)
+        out = xp.run_explainers(lexs, exps, decode, first)
+        again = LLMClient(ep, tmp_path / "llm_cache", concurrency=1)
+        out2 = xp.run_explainers(lexs, exps, decode, again)
+    assert first.ledger.calls == 2 and first.ledger.failures == 0
+    assert again.ledger.calls == 0 and again.ledger.cache_hits == 2
+    assert [x.raw for x in out2] == [x.raw for x in out]
+    for x in out:
+        assert x.failed == (x.text is None) and (x.text or x.error)
+    xp.save(tmp_path, out, explainers=exps, endpoint=ep)
+    _, recs = xp.load_records(tmp_path)
+    assert len(recs) == 4 and {r.model for r in recs if r.explainer == "llm"} == {ep.model}
+    assert json.loads((tmp_path / xp.RESULTS_FILE).read_text().splitlines()[0])["llm"]["model"] == ep.model
