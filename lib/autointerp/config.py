@@ -59,7 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Paper scale: a GPU, a hub model and a pretrained SAE (change model/sae/hook to taste).
     "full": dict(model="google/gemma-2-9b", hook="model.layers.32",
                  sae="sae-lens:gemma-scope-9b-pt-res-canonical/layer_32/width_131k/canonical",
-                 corpus="hf:EleutherAI/fineweb-edu-dedup-10b:train", sae_width=131072, sae_k=0,
+                 corpus="hf:EleutherAI/fineweb-edu-dedup-10b:train", sae_width=131072, sae_k=64,
                  ctx_len=256, n_tokens=10_000_000, batch_size=32, shard_rows=4096,
                  device="cuda", dtype="bfloat16"),
 }

@@ -1,0 +1,266 @@
+"""Per-latent metrics, means over latents with bootstrap CIs, per-quantile curves, paired controls.
+
+Conventions: a positive example is an activating window (``label=True``). Undefined values
+(AUROC with one class absent, precision with no positive prediction, ...) are NaN, never an
+error; means over latents skip NaN latents and report how many they used. Results files are
+JSONL: line 1 is ``{"header": {...}}`` (provenance), every further line one record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class QuantilePoint:
+    """One activation-quantile bin (0 = strongest) of one latent.
+
+    ``auroc``: AUROC of this bin's activating examples vs *all* the latent's negatives (score
+    based scorers). ``recall``: fraction of this bin's activating examples predicted positive
+    (binary scorers). Either is NaN when the scorer gives no scores / no predictions.
+    """
+
+    quantile: int
+    n: int
+    auroc: float
+    recall: float
+
+
+@dataclass(frozen=True)
+class LatentMetrics:
+    """Metrics of one latent over its scored examples (NaN where undefined)."""
+
+    latent: int
+    n_pos: int
+    n_neg: int
+    n_failed: int  # examples without a usable score/prediction (left out of the metrics)
+    balanced_accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    auroc: float
+    by_quantile: tuple[QuantilePoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeanWithCI:
+    """Mean over latents and its percentile-bootstrap CI (latents resampled with replacement)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int  # latents used (non-NaN)
+    n_nan: int  # latents left out because their value was NaN
+    n_boot: int
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Real vs control over the latents both define: mean difference with a paired bootstrap CI."""
+
+    real: MeanWithCI
+    control: MeanWithCI
+    diff: MeanWithCI  # mean over latents of (real - control)
+    frac_real_better: float  # fraction of paired latents where real > control
+
+
+# -- single-latent metrics ----------------------------------------------------------------------
+def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
+    """AUROC = Mann-Whitney U / (n_pos * n_neg); ties count 1/2. NaN if a class is absent."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must be 1-D of equal length.")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN: drop failed examples before computing AUROC.")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return NAN
+    ranks = rankdata(s)  # average ranks for ties = the Mann-Whitney convention
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def binary_metrics(predictions: Sequence[int] | np.ndarray,
+                   labels: Sequence[bool] | np.ndarray) -> dict[str, float]:
+    """Balanced accuracy, precision, recall and F1 of 0/1 predictions (NaN where undefined)."""
+    p = np.asarray(predictions).astype(bool)
+    y = np.asarray(labels, dtype=bool)
+    if p.shape != y.shape:
+        raise ValueError(f"predictions {p.shape} and labels {y.shape} differ in shape.")
+    tp, fp = int((p & y).sum()), int((p & ~y).sum())
+    fn, tn = int((~p & y).sum()), int((~p & ~y).sum())
+    recall = tp / (tp + fn) if tp + fn else NAN
+    tnr = tn / (tn + fp) if tn + fp else NAN
+    precision = tp / (tp + fp) if tp + fp else NAN
+    if math.isnan(precision) or math.isnan(recall):
+        f1 = NAN
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"balanced_accuracy": (recall + tnr) / 2, "precision": precision, "recall": recall,
+            "f1": f1}
+
+
+def quantile_curve(labels: Sequence[bool], quantiles: Sequence[int | None],
+                   scores: Sequence[float | None] | None = None,
+                   predictions: Sequence[int | None] | None = None) -> tuple[QuantilePoint, ...]:
+    """Per quantile bin of the activating examples: AUROC vs all negatives, and recall.
+
+    Examples whose score / prediction is None are left out of that measure.
+    """
+    y = np.asarray(labels, dtype=bool)
+    q = np.array([-1 if v is None else int(v) for v in quantiles])
+    if len(q) != len(y):
+        raise ValueError(f"{len(q)} quantiles for {len(y)} labels.")
+    if (y & (q < 0)).any():
+        raise ValueError("Activating examples need a quantile (an int); only negatives may be None.")
+    s = None if scores is None else np.array([NAN if v is None else v for v in scores], float)
+    p = None if predictions is None else np.array([-1 if v is None else v for v in predictions])
+    out = []
+    for b in sorted(set(q[y].tolist())):
+        in_bin = y & (q == b)
+        a = r = NAN
+        if s is not None:
+            keep = (in_bin | ~y) & ~np.isnan(s)
+            a = auroc(s[keep], y[keep])
+        if p is not None:
+            got = p[in_bin & (p >= 0)]
+            r = float((got == 1).mean()) if len(got) else NAN
+        out.append(QuantilePoint(quantile=int(b), n=int(in_bin.sum()), auroc=a, recall=r))
+    return tuple(out)
+
+
+def latent_metrics(latent: int, labels: Sequence[bool], *, scores: Sequence[float | None] | None = None,
+                   predictions: Sequence[int | None] | None = None,
+                   quantiles: Sequence[int | None] | None = None) -> LatentMetrics:
+    """All metrics of one latent. Binary metrics need ``predictions``, AUROC needs ``scores``;
+    None entries (failed examples) are left out and counted in ``n_failed``."""
+    y = np.asarray(labels, dtype=bool)
+    failed = np.zeros(len(y), bool)
+    b = dict.fromkeys(("balanced_accuracy", "precision", "recall", "f1"), NAN)
+    a = NAN
+    if predictions is not None:
+        ok = np.array([v is not None for v in predictions], bool)
+        failed |= ~ok
+        if ok.any():
+            b = binary_metrics(np.array([int(v) for v in np.asarray(predictions, object)[ok]]), y[ok])
+    if scores is not None:
+        s = np.array([NAN if v is None else float(v) for v in scores])
+        ok = ~np.isnan(s)
+        failed |= ~ok
+        a = auroc(s[ok], y[ok])
+    curve = () if quantiles is None else quantile_curve(y, quantiles, scores, predictions)
+    return LatentMetrics(latent=int(latent), n_pos=int(y.sum()), n_neg=int((~y).sum()),
+                         n_failed=int(failed.sum()), auroc=a, by_quantile=curve, **b)
+
+
+# -- over latents -------------------------------------------------------------------------------
+def mean_ci(values: Iterable[float], *, n_boot: int = 2000, seed: int = 0,
+            level: float = 0.95) -> MeanWithCI:
+    """Mean over latents with a percentile bootstrap CI; NaN values are left out (and counted)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    ok = v[~np.isnan(v)]
+    n_nan = int(len(v) - len(ok))
+    if len(ok) == 0:
+        return MeanWithCI(NAN, NAN, NAN, 0, n_nan, n_boot, level)
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot}: use at least 1 bootstrap resample (1000+ for a CI).")
+    rng = np.random.default_rng(seed)
+    boots = ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(axis=1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return MeanWithCI(float(ok.mean()), float(lo), float(hi), len(ok), n_nan, n_boot, level)
+
+
+def curve_over_latents(curves: Iterable[Sequence[QuantilePoint]], *, measure: str = "auroc",
+                       n_boot: int = 2000, seed: int = 0) -> dict[int, MeanWithCI]:
+    """Per quantile: mean over latents of ``measure`` ("auroc" or "recall") with a bootstrap CI."""
+    if measure not in ("auroc", "recall"):
+        raise ValueError(f"measure={measure!r}: use 'auroc' (scores) or 'recall' (predictions).")
+    per: dict[int, list[float]] = {}
+    for curve in curves:
+        for pt in curve:
+            per.setdefault(pt.quantile, []).append(getattr(pt, measure))
+    return {q: mean_ci(v, n_boot=n_boot, seed=seed) for q, v in sorted(per.items())}
+
+
+def paired_difference(real: Mapping[int, float], control: Mapping[int, float], *,
+                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> PairedComparison:
+    """Real vs control per latent (e.g. true vs shuffled explanations): latents present and
+    non-NaN on both sides are paired; the CI resamples latents, keeping pairs together."""
+    keys = sorted(k for k in set(real) & set(control)
+                  if not (math.isnan(real[k]) or math.isnan(control[k])))
+    if not keys:
+        raise ValueError("No latent has a non-NaN value on both sides: nothing to compare. "
+                         "Check that real and control were scored on the same latents.")
+    r = np.array([real[k] for k in keys], float)
+    c = np.array([control[k] for k in keys], float)
+    return PairedComparison(real=mean_ci(r, n_boot=n_boot, seed=seed, level=level),
+                            control=mean_ci(c, n_boot=n_boot, seed=seed, level=level),
+                            diff=mean_ci(r - c, n_boot=n_boot, seed=seed, level=level),
+                            frac_real_better=float((r > c).mean()))
+
+
+# -- results files ------------------------------------------------------------------------------
+def _plain(obj: Any) -> Any:
+    """JSON-ready: dataclasses -> dicts, tuples -> lists, numpy -> Python, NaN/inf -> null."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_results(path: str | os.PathLike, header: Mapping[str, Any], records: Iterable[Any]) -> Path:
+    """Write JSONL atomically: a header line (``header`` plus package provenance), then one line
+    per record (dataclass or dict). NaN is written as null."""
+    from .config import provenance
+
+    head = dict(header)
+    head.setdefault("provenance", provenance())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps({"header": _plain(head)}, allow_nan=False) + "\n")
+        for rec in records:
+            f.write(json.dumps(_plain(rec), allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: str | os.PathLike):
+    """Read a results file: ``(header dict, DataFrame)``; nested dicts flatten to ``a.b`` columns,
+    lists (examples, per-quantile points) stay as list cells; null reads as NaN/None."""
+    import pandas as pd
+
+    lines = Path(path).read_text().splitlines()
+    if not lines:
+        raise ValueError(f"{path} is empty: not a results file written by metrics.write_results.")
+    first = json.loads(lines[0])
+    if not (isinstance(first, dict) and set(first) == {"header"}):
+        raise ValueError(f"{path}: line 1 is not a {{'header': ...}} line; write results with "
+                         "metrics.write_results.")
+    rows = [json.loads(line) for line in lines[1:] if line.strip()]
+    return first["header"], (pd.json_normalize(rows) if rows else pd.DataFrame())
