@@ -39,8 +39,11 @@ def _parse_param(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+CELL_TIMEOUT_S = 1800  # a cell that runs longer has hung (a full-profile cell may need more: --cell-timeout)
+
+
 def run(profile: str, run_dir: Path, only: list[str] | None = None,
-        params: dict[str, object] | None = None) -> Path:
+        params: dict[str, object] | None = None, cell_timeout_s: int = CELL_TIMEOUT_S) -> Path:
     import papermill as pm
 
     cfg = resolve(profile, run_dir)  # validates the profile before anything runs
@@ -51,6 +54,7 @@ def run(profile: str, run_dir: Path, only: list[str] | None = None,
         print(f"[autointerp] {nb.name} ...", flush=True)
         pm.execute_notebook(
             str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
+            execution_timeout=cell_timeout_s,
             parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
         )
         print(f"[autointerp] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -64,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, default=None, help="default: data/runs/<profile>")
     ap.add_argument("--only", nargs="*", help="chapter numbers to run, e.g. 00 01")
     ap.add_argument("-p", "--param", action="append", default=[], help="notebook parameter KEY=VALUE")
+    ap.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, help="seconds per cell")
     args = ap.parse_args(argv)
     params = dict(_parse_param(p) for p in args.param)
-    run(args.profile, args.run_dir, args.only, params)
+    run(args.profile, args.run_dir, args.only, params, args.cell_timeout)
     return 0
 
 
