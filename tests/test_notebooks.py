@@ -34,7 +34,7 @@ def test_committed_notebooks_are_clean_and_parametrised():
 @pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_on_smoke_profile(notebook, run_dir):
-    run.run("smoke", run_dir, only=[notebook.name[:2]])
+    run.run("smoke", run_dir, only=[notebook.name[:2]], cell_timeout_s=600)  # a hang fails, not stalls
     executed = nbformat.read(run_dir / "notebooks" / notebook.name, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
