@@ -102,8 +102,12 @@ def test_quantile_bins_are_equal_count_and_bin_0_holds_the_top(reader, latents):
 
 
 # -- example sets --------------------------------------------------------------------------------
-def test_sets_are_disjoint_true_and_negatives_silent(reader, built):
-    for lx in (x for x in built if not x.skipped):
+@pytest.mark.parametrize("window", ["centred", "fixed"])
+def test_sets_are_disjoint_true_and_negatives_silent(reader, latents, decoder, built, window):
+    lexs = built if window == SETTINGS.window else ex.build(
+        reader, latents, dataclasses.replace(SETTINGS, window=window), decoder=decoder, progress=False)
+    assert sum(not x.skipped for x in lexs) >= 3
+    for lx in (x for x in lexs if not x.skipped):
         train = {(e.row, e.start) for e in lx.train}
         test = {(e.row, e.start) for e in lx.test_activating}
         assert train and test and not train & test
@@ -243,6 +247,7 @@ def test_results_file_header_and_frame(tmp_path, built):
     df = xp.load(tmp_path)
     assert len(df) == len(out) and {"latent", "explainer", "text", "failed"} <= set(df.columns)
     assert xp.summary(out).loc["top_tokens", "failure_rate"] == 0
+    assert list(xp.side_by_side(out).columns) == ["top_tokens"]
 
 
 @pytest.mark.slow
@@ -264,3 +269,14 @@ def test_local_server_end_to_end_and_rerun_is_cached(tmp_path, built, subject):
     _, recs = xp.load_records(tmp_path)
     assert len(recs) == 4 and {r.model for r in recs if r.explainer == "llm"} == {ep.model}
     assert json.loads((tmp_path / xp.RESULTS_FILE).read_text().splitlines()[0])["llm"]["model"] == ep.model
+
+
+def test_top_tokens_counts_the_token_at_each_peak():
+    def example(ids, acts):
+        return ex.Example(0, 0, 1, tuple(ids), tuple(acts), max(acts), 0, "activating")
+    lx = ex.LatentExamples(0, 1.0, 3, train=(example([1, 2], [0.1, 0.9]), example([3, 4], [0.8, 0.2]),
+                                             example([5, 6], [0.0, 0.5])))
+    words = {1: "a", 2: " the", 3: "the", 4: "b", 5: "c", 6: "\n"}
+    got = xp.TopTokensExplainer().explain(lx, lambda ids: [words[i] for i in ids])
+    assert got.text == 'Fires on the tokens "the" (2 of 3), "\\n" (1 of 3).'
+    assert got.details["top_share"] == pytest.approx(2 / 3)

@@ -13,6 +13,7 @@ NOTEBOOKS = run.notebooks()
 EXPECTED = {  # files a chapter must leave in the run directory
     "00": ["run.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/train_report.json"],
     "01": ["cache/tokens.npy", "cache/index/ptr.npy", "cache/stats.npz", "cache/summary.json"],
+    "02": ["examples.jsonl", "explanations.jsonl"],
 }
 
 

@@ -91,12 +91,10 @@ def highlight(tokens: Sequence[str], active: Sequence[bool]) -> str:
 
 
 def format_example(tokens: Sequence[str], acts: Sequence[float], latent_max: float, *,
-                   threshold: float = 0.3, show_activations: bool = False,
-                   highlight_active: bool = True) -> str:
+                   threshold: float = 0.3, show_activations: bool = False) -> str:
     """One example as the LLM reads it: highlighted text, optionally "(token, level)" pairs."""
     a = np.asarray(acts, np.float64)
-    peak = a.max() if a.size else 0.0
-    active = (a >= threshold * peak) & (a > 0) if highlight_active and peak > 0 else np.zeros(a.size, bool)
+    active = (a > 0) & (a >= threshold * (a.max() if a.size else 0.0))
     text = highlight(tokens, active.tolist())
     if show_activations and active.any():
         levels = activation_levels(a, latent_max)
@@ -268,8 +266,14 @@ def parse_answer(reply: str) -> tuple[str | None, str | None]:
 
 # -- explainers without an LLM --------------------------------------------------------------------
 def _show(tok: str) -> str:
-    """A token readable inside quotes: stripped, or its whitespace spelled out."""
-    return tok.strip() or tok.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t")
+    """A token as a reader sees it: stripped; a whitespace-only token keeps its whitespace
+    (spaces shown as ␣; _quoted escapes newlines and tabs)."""
+    return tok.strip() or tok.replace(" ", "␣")
+
+
+def _quoted(tokens: Iterable[str]) -> str:
+    """Tokens as readable JSON strings, comma-separated."""
+    return ", ".join(json.dumps(_show(t), ensure_ascii=False) for t in tokens)
 
 
 @dataclass(frozen=True)
@@ -284,10 +288,10 @@ class TopTokensExplainer:
         return _hash(dataclasses.asdict(self))
 
     def explain(self, lex: LatentExamples, decode: Decode) -> Explanation:
-        n = len(lex.train)
-        counts = Counter(decode([e.token_ids[e.peak] for e in lex.train]))
+        n = len(lex.train)  # " the" and "the" count as one token: what a reader sees
+        counts = Counter(_show(t) for t in decode([e.token_ids[e.peak] for e in lex.train]))
         top = counts.most_common(self.n_tokens)
-        text = ("Fires on the tokens " + ", ".join(f'"{_show(t)}" ({c} of {n})' for t, c in top)
+        text = ("Fires on the tokens " + ", ".join(f"{_quoted([t])} ({c} of {n})" for t, c in top)
                 + ".") if top else None
         return Explanation(lex.latent, self.name, text, failed=text is None,
                            error=None if top else "no examples", prompt_hash=self.prompt_hash,
@@ -349,12 +353,12 @@ class LogitLensExplainer:
                 break
         return out
 
-    def explain(self, lex: LatentExamples, decode: Decode, row: np.ndarray | None = None) -> Explanation:
-        row = self.logits([lex.latent])[0] if row is None else row
+    def explain(self, lex: LatentExamples, decode: Decode) -> Explanation:
+        row = self.logits([lex.latent])[0]
         up = self._top(row, np.argsort(-row, kind="stable"), decode)
         down = self._top(row, np.argsort(row, kind="stable"), decode)
-        text = ("Promotes the next tokens " + ", ".join(f'"{_show(t)}"' for t, _, _ in up[:5])
-                + "; suppresses " + ", ".join(f'"{_show(t)}"' for t, _, _ in down[:5]) + ".")
+        text = (f"Promotes the next tokens {_quoted(t for t, _, _ in up[:5])}; "
+                f"suppresses {_quoted(t for t, _, _ in down[:5])}.")
         return Explanation(lex.latent, self.name, text, prompt_hash=self.prompt_hash,
                            details={"promoted": up, "suppressed": down})
 
@@ -371,22 +375,18 @@ def run_explainers(lexs: Sequence[LatentExamples], explainers: Sequence[Any], de
     names = [e.name for e in explainers]
     if len(set(names)) != len(names):
         raise ValueError(f"explainer names must be unique, got {names}")
-    jobs = [(x, e, e.requests(x, decode)) for x in todo for e in llm]
+    # grouped by explainer: consecutive prompts share their system prompt, which a local
+    # llama.cpp server then reuses from its prefix cache
+    jobs = [(x, e, e.requests(x, decode)) for e in llm for x in todo]
     resps = client.run([r for _, _, rs in jobs for r in rs], desc=desc) if jobs else []
     by: dict[tuple[int, str], list[Explanation]] = {}
     i = 0
     for x, e, rs in jobs:
         by[(x.latent, e.name)] = e.parse(x, resps[i:i + len(rs)], client.endpoint.model)
         i += len(rs)
-    lens = [e for e in explainers if isinstance(e, LogitLensExplainer)]
-    rows = {id(e): e.logits([x.latent for x in todo]) for e in lens} if todo else {}
-    for e in explainers:
-        if isinstance(e, LogitLensExplainer):
-            for k, x in enumerate(todo):
-                by[(x.latent, e.name)] = [e.explain(x, decode, rows[id(e)][k])]
-        elif not isinstance(e, LLMExplainer):
-            for x in todo:
-                by[(x.latent, e.name)] = [e.explain(x, decode)]
+    for e in (e for e in explainers if not isinstance(e, LLMExplainer)):
+        for x in todo:
+            by[(x.latent, e.name)] = [e.explain(x, decode)]
     return [r for x in todo for e in explainers for r in by[(x.latent, e.name)]]
 
 
@@ -500,7 +500,7 @@ def summary(explanations: Sequence[Explanation]):
 # Per-profile defaults of the explaining chapter (the 135M local model reads short prompts best).
 PROFILE_SETTINGS: dict[str, dict[str, int]] = {
     "smoke": {"n_latents": 4, "max_tokens": 48},
-    "demo": {"n_latents": 16, "max_tokens": 100},
+    "demo": {"n_latents": 16, "max_tokens": 64},
     "full": {"n_latents": 200, "max_tokens": 200},
 }
 
@@ -521,5 +521,5 @@ def verdict(endpoint: Endpoint, llm_summary) -> str:
     head = (f"These explanations come from the embedded {endpoint.model} (local): it proves the "
             "mechanics, but it is a weak explainer" if local else
             f"These explanations come from {endpoint.model} at {safe_url(endpoint.base_url)}")
-    return (f"{head}; {rate:.0%} of its {n} answers failed and {distinct} of them were distinct."
+    return (f"{head}. {rate:.0%} of its {n} answers failed; the rest hold {distinct} distinct texts."
             + (" More than half failed: raise max_tokens, or use a stronger model." if rate > 0.5 else ""))

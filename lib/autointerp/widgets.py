@@ -38,16 +38,15 @@ def firing_rate_histogram(stats, title: str = "Latent firing rates"):
 def corpus_browser(tokens: np.ndarray, tokenizer):
     """A slider over packed rows; shows each row's tokens with their boundaries."""
     import ipywidgets as w
-    from IPython.display import HTML, display
 
-    out = w.Output()
+    # An HTML widget whose value is replaced (not an Output widget captured with `with`): the
+    # latter hung papermill runs in this project (kernel idle, client waiting forever).
+    out = w.HTML()
     row = w.IntSlider(value=0, min=0, max=len(tokens) - 1, description="row", continuous_update=False)
 
     def show(_=None):
-        out.clear_output(wait=True)
-        with out:
-            toks = [tokenizer.decode([int(t)]) for t in tokens[row.value]]
-            display(HTML(tokens_html(toks, [0.25 * (i % 2) for i in range(len(toks))], vmax=1.0)))
+        toks = [tokenizer.decode([int(t)]) for t in tokens[row.value]]
+        out.value = tokens_html(toks, [0.25 * (i % 2) for i in range(len(toks))], vmax=1.0)
 
     row.observe(show, names="value")
     show()
@@ -67,22 +66,20 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     pick = w.Dropdown(options=options, description="latent", layout=w.Layout(width="480px"))
     typed = w.BoundedIntText(value=options[0][1] if options else 0, min=0,
                              max=reader.d_sae - 1, description="or id")
-    out = w.Output()
+    out = w.HTML()  # see corpus_browser: no Output widget
 
     def show(j: int) -> None:
-        out.clear_output(wait=True)
-        with out:
-            wins = reader.top_windows(j, n=n_windows, width=width, tokenizer=tokenizer)
-            if not wins:
-                display(HTML(f"<i>latent {j} never fires in this cache</i>"))
-                return
-            head = (f"<b>latent {j}</b>: fires on {int(stats.count[j])} tokens "
-                    f"({stats.firing_rate[j]:.3%}), max {stats.max_act[j]:.2f}, "
-                    f"top-token share {stats.top_token_share[j]:.0%}")
-            rows = [f"<div style='margin:4px 0'><code>{wn.max_act:6.2f}</code> "
-                    f"{tokens_html(wn.tokens, wn.acts, vmax=float(stats.max_act[j]), peak=wn.peak)}</div>"
-                    for wn in wins]
-            display(HTML(head + "".join(rows)))
+        wins = reader.top_windows(j, n=n_windows, width=width, tokenizer=tokenizer)
+        if not wins:
+            out.value = f"<i>latent {j} never fires in this cache</i>"
+            return
+        head = (f"<b>latent {j}</b>: fires on {int(stats.count[j])} tokens "
+                f"({stats.firing_rate[j]:.3%}), max {stats.max_act[j]:.2f}, "
+                f"top-token share {stats.top_token_share[j]:.0%}")
+        rows = [f"<div style='margin:4px 0'><code>{wn.max_act:6.2f}</code> "
+                f"{tokens_html(wn.tokens, wn.acts, vmax=float(stats.max_act[j]), peak=wn.peak)}</div>"
+                for wn in wins]
+        out.value = head + "".join(rows)
 
     pick.observe(lambda ch: (typed.__setattr__("value", ch["new"])), names="value")
     typed.observe(lambda ch: show(int(ch["new"])), names="value")
@@ -140,9 +137,9 @@ def explanations_html(explanations) -> str:
 
 def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
     """Pick a latent: all its explanations side by side, then its explanation set, test examples,
-    random and hard negatives (shaded by the latent's activation)."""
+    random and hard negatives (shaded by the latent's activation). Content is an HTML widget (no
+    Output-widget capture), so it also renders when the notebook runs headless under papermill."""
     import ipywidgets as w
-    from IPython.display import HTML, display
 
     by: dict[int, list] = {}
     for x in explanations:
@@ -151,24 +148,23 @@ def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
     options = [(f"{j}" + (f"  (skipped: {lx.skipped_reason})" if lx.skipped else ""), j)
                for j, lx in lexs.items()]
     pick = w.Dropdown(options=options, description="latent", layout=w.Layout(width="520px"))
-    out = w.Output()
+    body = w.HTML()
+
+    def render(lx) -> str:
+        if lx.skipped:
+            return f"<i>latent {lx.latent} was skipped: {html.escape(lx.skipped_reason)}</i>"
+        return "".join([
+            f"<b>latent {lx.latent}</b>: {lx.n_windows} activating windows, max {lx.max_act:.2f}, "
+            f"neighbours {list(lx.neighbours)}", explanations_html(by.get(lx.latent, [])),
+            examples_html(lx.train, decode, lx.max_act, "explanation set (q = quantile, 0 = top)"),
+            examples_html(lx.test_activating[:n_show], decode, lx.max_act, "test: activating"),
+            examples_html(lx.test_negative[:n_show], decode, lx.max_act, "test: random negatives"),
+            examples_html(lx.test_hard_negative[:n_show], decode, lx.max_act,
+                          "test: hard negatives (n = neighbour latent that fires there)")])
 
     def show(_=None) -> None:
-        out.clear_output(wait=True)
-        lx = lexs[pick.value]
-        with out:
-            if lx.skipped:
-                display(HTML(f"<i>latent {lx.latent} was skipped: {html.escape(lx.skipped_reason)}</i>"))
-                return
-            parts = [f"<b>latent {lx.latent}</b>: {lx.n_windows} activating windows, max {lx.max_act:.2f}, "
-                     f"neighbours {list(lx.neighbours)}", explanations_html(by.get(lx.latent, [])),
-                     examples_html(lx.train, decode, lx.max_act, "explanation set (q = quantile, 0 = top)"),
-                     examples_html(lx.test_activating[:n_show], decode, lx.max_act, "test: activating"),
-                     examples_html(lx.test_negative[:n_show], decode, lx.max_act, "test: random negatives"),
-                     examples_html(lx.test_hard_negative[:n_show], decode, lx.max_act,
-                                   "test: hard negatives (n = neighbour latent that fires there)")]
-            display(HTML("".join(parts)))
+        body.value = render(lexs[pick.value])
 
     pick.observe(show, names="value")
     show()
-    return w.VBox([pick, out])
+    return w.VBox([pick, body])
