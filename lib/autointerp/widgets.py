@@ -56,7 +56,6 @@ def corpus_browser(tokens: np.ndarray, tokenizer):
 def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     """Pick a latent (most frequent first, or type an id) and read its top windows."""
     import ipywidgets as w
-    from IPython.display import HTML, display
 
     stats = reader.stats
     order = np.argsort(-stats.count, kind="stable")
