@@ -7,7 +7,7 @@ Prints two ratios:
    shards written, per-latent index and stats built).
 2. peak RSS of caching n and 10*n tokens, each in a fresh process (target <= 1.2).
 
-    python bench/cache.py [--hook model.layers.8] [--width 4096] [--k 32] [--tokens 40000]
+    python bench/cache.py [--hook model.layers.8] [--width 2048] [--k 32] [--tokens 40960]
 """
 from __future__ import annotations
 
@@ -78,9 +78,10 @@ def rss_child(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hook", default="model.layers.8")
-    ap.add_argument("--width", type=int, default=4096)
+    ap.add_argument("--width", type=int, default=2048)  # the demo SAE
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=40_960)
+    ap.add_argument("--tokens", type=int, default=40_960, help="tokens per throughput pass")
+    ap.add_argument("--rss-tokens", type=int, default=204_800, help="larger of the two RSS runs")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--shard-rows", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -108,14 +109,14 @@ def main() -> None:
     print(f"RATIO caching/raw throughput = {cache_tps / raw_tps:.3f}   (target >= 0.95)")
 
     rss = {}
-    for n in (args.tokens // 10, args.tokens):
+    small, big = args.rss_tokens // 10, args.rss_tokens
+    for n in (small, big):
         cmd = [sys.executable, __file__, "--rss-child", "--tokens", str(n), "--hook", args.hook,
                "--width", str(args.width), "--k", str(args.k), "--batch-size", str(args.batch_size),
                "--shard-rows", str(args.shard_rows)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rss[n] = json.loads(out)["maxrss_mb"]
         print(f"peak RSS caching {n:>9,} tokens: {rss[n]:7.0f} MB")
-    small, big = args.tokens // 10, args.tokens
     print(f"RATIO peak RSS {big:,} / {small:,} tokens = {rss[big] / rss[small]:.3f}   (target <= 1.2)")
 
 
