@@ -9,6 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 _STAGES = {"config", "paths", "models", "corpus", "saes", "cache", "llm", "llm_server", "examples",
+           "planted", "scoring",
            "explain", "scorers", "metrics", "alignment", "widgets", "run"}
 
 

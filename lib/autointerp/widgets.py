@@ -167,3 +167,69 @@ def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
     pick.observe(show, names="value")
     show()
     return w.VBox([pick, body])
+
+
+def scored_examples_html(examples, scores, auroc: float, title: str = "") -> str:
+    """Examples sorted by score (highest first): score, label (green = activating, grey = not,
+    with its quantile) and text; AUROC in the heading."""
+    order = sorted(range(len(examples)), key=lambda i: -np.inf if scores[i] is None else -scores[i])
+    rows = []
+    for i in order:
+        e, s = examples[i], scores[i]
+        tag = f"act q{e.quantile}" if e.label else "neg"
+        color = "#2a7a2a" if e.label else "#888"
+        rows.append(f"<tr><td><code>{'—' if s is None else f'{s:+.3f}'}</code></td>"
+                    f"<td style='color:{color}'><b>{tag}</b></td>"
+                    f"<td style='text-align:left;font-family:monospace'>{html.escape(e.text)}</td></tr>")
+    head = f"<b>{html.escape(title)}</b> AUROC <b>{auroc:.3f}</b>" if title else f"AUROC <b>{auroc:.3f}</b>"
+    return f"<div>{head}</div><table>{''.join(rows)}</table>"
+
+
+def score_playground(examples, explanations, score_fn, *, live: bool = True, reference=None):
+    """Pick a latent, type an explanation, see its AUROC and every example's score.
+
+    ``examples``: latent -> ExampleTexts; ``explanations``: latent -> the run's explanation (the
+    starting text); ``score_fn(latent, text) -> (auroc, scores aligned with examples[latent])``;
+    ``live``: rescore when the text changes (fast scorers), else on a button (slow ones);
+    ``reference``: latent -> (real AUROC, shuffled AUROC) from the chapter's run, shown above."""
+    import ipywidgets as w
+
+    pick = w.Dropdown(options=sorted(examples), description="latent")
+    text = w.Text(description="explanation", layout=w.Layout(width="720px"), continuous_update=False)
+    button = w.Button(description="score it", button_style="primary")
+    body = w.HTML()  # an HTML widget whose value is replaced: no Output capture (papermill)
+
+    def show(_=None) -> None:
+        lat = pick.value
+        ref = (reference or {}).get(lat)
+        head = (f"<div>this run: real explanation AUROC {ref[0]:.3f}, shuffled control {ref[1]:.3f}</div>"
+                if ref else "")
+        if not text.value.strip():
+            body.value = head + "<i>type an explanation</i>"
+            return
+        body.value = head + "<i>scoring ...</i>"
+        try:
+            a, scores = score_fn(lat, text.value.strip())
+        except Exception as err:  # shown in the widget: a playground must not die on a typo
+            body.value = head + f"<span style='color:#b00'>{html.escape(repr(err))}</span>"
+            return
+        body.value = head + scored_examples_html(list(examples[lat]), list(scores), a,
+                                                 f"latent {lat}, your explanation:")
+
+    quiet = [False]  # True while reset() writes the text, so show() runs once, not twice
+
+    def on_text(_=None) -> None:
+        if live and not quiet[0]:
+            show()
+
+    def reset(_=None) -> None:
+        quiet[0] = True
+        text.value = explanations.get(pick.value, "")
+        quiet[0] = False
+        show()
+
+    pick.observe(reset, names="value")
+    text.observe(on_text, names="value")
+    button.on_click(show)
+    reset()
+    return w.VBox([pick, w.HBox([text, button]), body])

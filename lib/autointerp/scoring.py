@@ -1,0 +1,308 @@
+"""Glue for the scoring chapters (05 surprisal, 06 embedding, and the detection / fuzzing /
+intervention chapters): a run dir's ``examples.jsonl`` + ``explanations.jsonl`` -> scorer inputs,
+one scorer run with its shuffled-explanation control, the planted-latent validity control for the
+run's model / hook / corpus, figures, and ``scores/<scorer>.jsonl`` with a provenance header.
+
+Which explanation is scored (``explainer="auto"``): per latent, the first *successful* sample-0
+explanation among ``PREFERENCE`` (the plain LLM, then the contrastive LLM, then top tokens); the
+chosen explainer is recorded per latent in the inputs and in every result record.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import examples as ex_mod
+from . import explain, metrics
+from .scorers import ExampleText, Scorer, ScorerResult, compare, score_with_control
+from .metrics import PairedComparison
+
+PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
+SCORES_DIR = "scores"
+
+# Per-profile defaults: latents to score, test examples per latent, planted-control size.
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": dict(n_latents=4, n_pos=10, n_neg=10, planted_tokens=4096, planted_examples=10),
+    "demo": dict(n_latents=16, n_pos=25, n_neg=25, planted_tokens=16384, planted_examples=20),
+    "full": dict(n_latents=200, n_pos=50, n_neg=50, planted_tokens=65536, planted_examples=50),
+}
+
+
+# Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
+SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "surprisal": {"smoke": dict(n_pos=6, n_neg=6, planted_examples=8),
+                  "demo": dict(n_latents=8, n_pos=15, n_neg=15, planted_examples=12)},
+}
+
+
+def profile_settings(profile: str, scorer: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The profile's scoring knobs (with the scorer's own smaller ones, if any), then every
+    override that is not None."""
+    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["demo"]))
+    out.update(SCORER_SETTINGS.get(scorer or "", {}).get(profile, {}))
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What a scorer needs for one run: latent -> explanation text, which explainer wrote it,
+    and its test examples as text; ``skipped`` says why a latent was left out."""
+
+    explanations: dict[int, str]
+    explainer: dict[int, str]
+    examples: dict[int, list[ExampleText]]
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def _interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
+    """Round-robin over groups: the first n items then cover every group evenly."""
+    out = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def example_texts(lex: ex_mod.LatentExamples, tokenizer, *, n_pos: int | None = None,
+                  n_neg: int | None = None) -> list[ExampleText]:
+    """A latent's test examples as text: activating (label True, its quantile; taken round-robin
+    over quantile bins) then negatives (label False; random and hard negatives alternating).
+    ``None`` keeps them all. Text = the window's token ids decoded together."""
+    by_q: dict[int, list[ex_mod.Example]] = {}
+    for e in lex.test_activating:
+        by_q.setdefault(int(e.quantile), []).append(e)
+    pos = _interleave([by_q[q] for q in sorted(by_q)])[:n_pos]
+    neg = _interleave([lex.test_negative, lex.test_hard_negative])[:n_neg]
+
+    def text(e: ex_mod.Example) -> str:
+        return tokenizer.decode(list(e.token_ids), skip_special_tokens=True)
+
+    return ([ExampleText(lex.latent, f"{e.row}:{e.start}", text(e), True, int(e.quantile)) for e in pos]
+            + [ExampleText(lex.latent, f"{e.row}:{e.start}", text(e), False, None) for e in neg])
+
+
+def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "auto",
+                      preference: Sequence[str] = PREFERENCE) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+    """``(latent -> (explainer, text), latent -> why skipped)`` from chapter 02's records (sample 0).
+    ``explainer="auto"`` takes the first successful one in ``preference``; a name takes only that
+    explainer (latents where it failed are skipped)."""
+    order = tuple(preference) if explainer == "auto" else (explainer,)
+    known = {r.explainer for r in records}
+    if explainer != "auto" and explainer not in known:
+        raise ValueError(f"explainer={explainer!r} is not in explanations.jsonl (it has {sorted(known)}); "
+                         "use 'auto' or one of those.")
+    by: dict[int, dict[str, explain.Explanation]] = {}
+    for r in records:
+        if r.sample == 0:
+            by.setdefault(r.latent, {})[r.explainer] = r
+    picked, skipped = {}, {}
+    for lat in sorted(by):
+        ok = [(n, by[lat][n].text.strip()) for n in order if n in by[lat]
+              and not by[lat][n].failed and (by[lat][n].text or "").strip()]
+        if ok:
+            picked[lat] = ok[0]
+        else:
+            skipped[lat] = f"no successful explanation from {list(order)}"
+    return picked, skipped
+
+
+def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_latents: int | None = None,
+                n_pos: int | None = None, n_neg: int | None = None) -> ScoringInputs:
+    """Scorer inputs of a run dir (after chapter 02): the first ``n_latents`` explained latents."""
+    path = Path(run_dir) / "examples.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"No examples.jsonl in {Path(run_dir).resolve()}: run "
+                                "notebooks/02_explaining.ipynb for this run dir first.")
+    lexs = {lx.latent: lx for lx in ex_mod.load(path)[1]}
+    picked, skipped = pick_explanations(explain.load_records(run_dir)[1], explainer)
+    for lat, lx in lexs.items():
+        if lx.skipped:
+            skipped[lat] = f"examples skipped: {lx.skipped_reason}"
+        elif lat not in picked:
+            skipped.setdefault(lat, "no explanation")
+    keep = [lat for lat in sorted(picked) if lat in lexs and not lexs[lat].skipped][:n_latents]
+    texts = {lat: example_texts(lexs[lat], tokenizer, n_pos=n_pos, n_neg=n_neg) for lat in keep}
+    for lat in keep:
+        if len({e.label for e in texts[lat]}) < 2:
+            skipped[lat] = "its test set lacks activating or non-activating examples"
+    keep = [lat for lat in keep if lat not in skipped]
+    if len(keep) < 2:
+        raise ValueError(f"Only {len(keep)} latent(s) have an explanation and both kinds of test "
+                         f"examples (skipped: {skipped}); the shuffled control needs 2 or more.")
+    return ScoringInputs({k: picked[k][1] for k in keep}, {k: picked[k][0] for k in keep},
+                         {k: texts[k] for k in keep}, {k: v for k, v in skipped.items() if k not in keep})
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """One scorer on one set of inputs: real results, shuffled control, and their comparison."""
+
+    real: list[ScorerResult]
+    control: list[ScorerResult]
+    comparison: PairedComparison
+    seconds: float
+
+
+def run_scorer(scorer: Scorer, inputs: ScoringInputs, *, seed: int = 0) -> ScoreRun:
+    """Score real and shuffled explanations; AUROC compared with a paired bootstrap CI."""
+    t0 = time.perf_counter()
+    real, control = score_with_control(scorer, inputs.explanations, inputs.examples, seed=seed)
+    return ScoreRun(real, control, compare(real, control, seed=seed), round(time.perf_counter() - t0, 2))
+
+
+def planted_control(cfg, subject, scorer: Scorer, *, n_tokens: int = 4096, n_examples: int = 10,
+                    width: int = 24, seed: int = 0) -> dict[str, Any]:
+    """Planted latents (4 word classes + 4 frequent words, at most 8) on the first ``n_tokens`` of
+    the run's corpus at the run's hook, saved in ``<run_dir>/planted/t<n_tokens>_s<seed>`` (reused
+    when there), scored with true and shuffled explanations: ``planted.validity_report``."""
+    from . import corpus, planted
+
+    tok_file = cfg.path.cache_dir / "tokens.npy"
+    tokens = np.load(tok_file) if tok_file.exists() else corpus.for_run(cfg, subject.tokenizer).tokens
+    tokens = tokens[:max(8, math.ceil(n_tokens / tokens.shape[1]))]
+    out_dir = cfg.path.root / "planted" / f"t{tokens.size}_s{seed}"
+    if (out_dir / planted.PLANTED_JSON).exists():
+        pset = planted.read_planted(out_dir)
+    else:
+        pset = planted.build_planted(subject, cfg.hook, tokens, out_dir, n_token_concepts=4, seed=seed)
+    exs = planted.planted_examples(pset, tokens, subject.tokenizer, n_pos=n_examples, n_neg=n_examples,
+                                   width=min(width, tokens.shape[1] - pset.first_pos), seed=seed)
+    return {**planted.validity_report(scorer, pset, exs, seed=seed), "n_tokens": int(tokens.size),
+            "folder": str(out_dir), "build_seconds": pset.seconds,
+            "concepts": {p.latent: p.concept for p in pset.latents},
+            "skipped_concepts": [list(s) for s in pset.skipped]}
+
+
+def playground_scorer(scorer: Scorer, inputs: ScoringInputs, run: ScoreRun | None = None):
+    """``(latent, text) -> (AUROC, per-example scores)`` for ``widgets.score_playground``; the run's
+    own explanation is answered from ``run`` (no recompute), any other text is scored afresh."""
+    done = {(r.latent, r.explanation): r for r in (run.real if run else [])}
+
+    def score(latent: int, text: str) -> tuple[float, list[float | None]]:
+        r = done.get((latent, text)) or scorer.score({latent: text}, {latent: inputs.examples[latent]})[0]
+        return r.metrics.auroc, [e.score for e in r.examples]
+
+    return score
+
+
+def surprisal_prompt(scorer, explanation: str, text: str) -> str:
+    """The exact token sequence a ``SurprisalScorer`` reads for one example, decoded: cached
+    prefix, `` <explanation>\nSentence:``, then the example (whose tokens are the ones scored)."""
+    ids = scorer.prefix_ids + scorer.description_ids(explanation) + scorer.example_ids(text)
+    return scorer.tokenizer.decode(ids)
+
+
+def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
+    """Plain sentences from this run's numbers: does the scorer separate, and is it a finding?"""
+    c = run.comparison
+    lines = [f"Real explanations: mean AUROC {c.real.mean:.3f} [95% CI {c.real.low:.3f}, {c.real.high:.3f}]; "
+             f"shuffled: {c.control.mean:.3f} [{c.control.low:.3f}, {c.control.high:.3f}]; difference "
+             f"{c.diff.mean:+.3f} [{c.diff.low:+.3f}, {c.diff.high:+.3f}] over {c.diff.n} latents "
+             f"(real beats shuffled on {c.frac_real_better:.0%} of them)."]
+    if c.diff.low > 0:
+        lines.append("The CI of the difference excludes 0: on this run the explanations carry "
+                     "information the scorer can use"
+                     + (f", but little: a mean AUROC of {c.real.mean:.2f} is close to chance (0.5)."
+                        if c.real.mean < 0.6 else "."))
+    else:
+        lines.append("The CI of the difference includes 0: real explanations are not distinguishable "
+                     "from shuffled ones here, so this is NOT a finding about the explanations.")
+    if validity is not None:
+        sep = validity["diff_ci"][0] > 0
+        lines.append(f"Validity control (planted latents, known meanings): {validity['summary']}. "
+                     + (("The scorer works on this model and corpus: the real-latent result above "
+                         "is a measurement, within its CI." if c.diff.low > 0 else
+                         "The scorer works on this model and corpus, so the null result above points "
+                         "at the explanations, not the scorer.") if sep else
+                        "The scorer cannot even separate known meanings here: every score in this "
+                        "chapter is uninformative; use a stronger scorer model."))
+    return "\n".join(lines)
+
+
+def per_latent_figure(run: ScoreRun, inputs: ScoringInputs | None = None, title: str = ""):
+    """Per latent: AUROC with the real explanation vs the shuffled control (0.5 = chance)."""
+    import plotly.graph_objects as go
+
+    ctrl = {r.latent: r.metrics.auroc for r in run.control}
+    lats = [r.latent for r in run.real]
+    x = [f"{lat}" + (f" ({inputs.explainer[lat]})" if inputs else "") for lat in lats]
+    fig = go.Figure([go.Bar(x=x, y=[r.metrics.auroc for r in run.real], name="real explanation",
+                            marker_color="#3b75af", hovertext=[r.explanation for r in run.real]),
+                     go.Bar(x=x, y=[ctrl.get(lat) for lat in lats], name="shuffled (control)",
+                            marker_color="#bbbbbb")])
+    fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(barmode="group", title=title or "AUROC per latent", yaxis_range=[0, 1],
+                      xaxis_title="latent (explainer)", yaxis_title="AUROC", height=380,
+                      template="plotly_white", legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def example_score_figure(run: ScoreRun, unit: str = "score", title: str = ""):
+    """Every example's score with the real explanation, per latent: activating vs negatives."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, name, color in ((True, "activating", "#2a7a2a"), (False, "negative", "#999999")):
+        exs = [(str(r.latent), e) for r in run.real for e in r.examples if e.label == label]
+        fig.add_box(x=[lat for lat, _ in exs], y=[e.score for _, e in exs], name=name,
+                    marker_color=color, boxpoints="all", jitter=0.4, pointpos=0,
+                    hovertext=[e.text for _, e in exs])
+    fig.update_layout(boxmode="group", title=title or "Per-example scores with the real explanation",
+                      xaxis_title="latent", yaxis_title=unit, height=380, template="plotly_white")
+    return fig
+
+
+def quantile_curves(run: ScoreRun, *, seed: int = 0) -> dict[str, dict[int, metrics.MeanWithCI]]:
+    """Per activation quantile (0 = strongest): mean AUROC over latents with a bootstrap CI."""
+    return {name: metrics.curve_over_latents([r.metrics.by_quantile for r in res], seed=seed)
+            for name, res in (("real", run.real), ("shuffled", run.control))}
+
+
+def quantile_figure(run: ScoreRun, title: str = "", *, seed: int = 0):
+    """AUROC of each quantile bin's activating examples vs all negatives, real and shuffled."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for (name, curve), color in zip(quantile_curves(run, seed=seed).items(), ("#3b75af", "#999999")):
+        q = list(curve)
+        m = [curve[k].mean for k in q]
+        fig.add_scatter(x=q, y=m, name=name, mode="lines+markers", line_color=color,
+                        error_y=dict(type="data", array=[curve[k].high - v for k, v in zip(q, m)],
+                                     arrayminus=[v - curve[k].low for k, v in zip(q, m)]))
+    fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title=title or "AUROC by activation quantile (mean over latents, 95% CI)",
+                      xaxis_title="quantile bin (0 = strongest activations)", yaxis_title="AUROC",
+                      yaxis_range=[0, 1], height=360, template="plotly_white")
+    return fig
+
+
+def write_scores(run_dir: str | Path, run: ScoreRun, inputs: ScoringInputs, *,
+                 validity: Mapping[str, Any] | None = None, **header: Any) -> Path:
+    """``<run_dir>/scores/<scorer>.jsonl``: header (scorer, usage, explainer per latent, comparison,
+    validity report, settings, provenance), then one record per result (real and control), each
+    with the explainer that wrote the latent's own explanation; the validity report also goes to
+    ``scores/<scorer>_validity.json``."""
+    name = run.real[0].scorer
+    head = {"kind": "scores", "scorer": name, "usage": run.real[0].usage, "seconds": run.seconds,
+            "explainer": inputs.explainer, "skipped": inputs.skipped, "comparison": run.comparison,
+            "validity": validity, **header}
+    recs = [{**metrics._plain(r), "explainer": inputs.explainer.get(r.latent)}
+            for r in run.real + run.control]
+    path = metrics.write_results(Path(run_dir) / SCORES_DIR / f"{name}.jsonl", head, recs)
+    if validity is not None:  # also on its own, for readers that want only the control
+        from .config import write_json
+
+        write_json(path.with_name(f"{name}_validity.json"), metrics._plain(validity))
+    return path
+
+
+__all__ = ["PREFERENCE", "PROFILE_SETTINGS", "profile_settings", "ScoringInputs", "example_texts",
+           "pick_explanations", "load_inputs", "ScoreRun", "run_scorer", "planted_control", "playground_scorer",
+           "surprisal_prompt", "verdict",
+           "per_latent_figure", "example_score_figure", "quantile_curves", "quantile_figure", "write_scores"]

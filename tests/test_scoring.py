@@ -1,0 +1,124 @@
+"""The scoring glue: a run dir's examples + explanations become the right ExampleText sets, the
+explanation choice follows the documented preference, and results files round-trip."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from autointerp import examples as exm
+from autointerp import explain, metrics, scoring
+from autointerp.scorers import SHUFFLED, ExampleText, ScoredExample, make_result
+
+WORDS = ["<bos>", "alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+
+
+class WordTokenizer:
+    """Token id i -> WORDS[i]; id 0 is a special token."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return " ".join(WORDS[i] for i in ids if not (skip_special_tokens and i == 0))
+
+
+def _ex(lat: int, row: int, ids: tuple[int, ...], q: int | None, kind: str) -> exm.Example:
+    acts = tuple(1.0 if kind == "activating" else 0.0 for _ in ids)
+    return exm.Example(lat, row, 1, ids, acts, max(acts), q, kind)
+
+
+def _lex(lat: int, skipped: str | None = None) -> exm.LatentExamples:
+    act = tuple(_ex(lat, r, (1 + r % 3, 4), r % 2, "activating") for r in range(6))  # q 0,1,0,1,...
+    rnd = tuple(_ex(lat, 10 + r, (5, 6), None, "random") for r in range(3))
+    hard = tuple(_ex(lat, 20 + r, (0, 7, 8), None, "hard_negative") for r in range(2))
+    return exm.LatentExamples(lat, 1.0, 6, test_activating=act, test_negative=rnd,
+                              test_hard_negative=hard, skipped_reason=skipped)
+
+
+def _x(lat: int, name: str, text: str | None, sample: int = 0) -> explain.Explanation:
+    return explain.Explanation(lat, name, text, failed=text is None, sample=sample)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    exm.save(tmp_path / "examples.jsonl", [_lex(1), _lex(2), _lex(3), _lex(4, "too rare")], {})
+    recs = [_x(1, "llm", "alpha things"), _x(1, "top_tokens", "Fires on alpha"),
+            _x(2, "llm", None), _x(2, "contrastive", "beta not gamma"), _x(2, "top_tokens", "beta"),
+            _x(3, "llm", None), _x(3, "top_tokens", "gamma"), _x(3, "llm", "late sample", sample=1),
+            _x(4, "top_tokens", "delta"), _x(5, "llm", None)]
+    explain.save(tmp_path, recs, explainers=[])
+    return tmp_path
+
+
+def test_example_texts_labels_quantiles_and_decoding():
+    texts = scoring.example_texts(_lex(7), WordTokenizer())
+    pos, neg = [e for e in texts if e.label], [e for e in texts if not e.label]
+    assert len(pos) == 6 and len(neg) == 5 and texts[:6] == pos
+    assert all(e.latent == 7 for e in texts)
+    assert [e.quantile for e in pos] == [0, 1, 0, 1, 0, 1]  # round-robin over quantile bins
+    assert pos[0].text == "alpha delta" and pos[0].example_id == "0:1"
+    assert all(e.quantile is None for e in neg)
+    assert [e.text for e in neg[:3]] == ["eps zeta", "eta theta", "eps zeta"]  # random, hard, random
+    capped = scoring.example_texts(_lex(7), WordTokenizer(), n_pos=3, n_neg=2)
+    assert [e.quantile for e in capped if e.label] == [0, 1, 0] and sum(not e.label for e in capped) == 2
+
+
+def test_pick_explanations_prefers_successful_llm_then_top_tokens(run_dir):
+    recs = explain.load_records(run_dir)[1]
+    picked, skipped = scoring.pick_explanations(recs)
+    assert picked[1] == ("llm", "alpha things")
+    assert picked[2] == ("contrastive", "beta not gamma")
+    assert picked[3] == ("top_tokens", "gamma")  # sample 1 of llm is not the first explanation
+    assert 5 in skipped and 5 not in picked
+    only, sk = scoring.pick_explanations(recs, "top_tokens")
+    assert only[1] == ("top_tokens", "Fires on alpha") and 5 in sk
+    with pytest.raises(ValueError, match="not in explanations.jsonl"):
+        scoring.pick_explanations(recs, "nope")
+
+
+def test_load_inputs_from_a_run_dir(run_dir):
+    inp = scoring.load_inputs(run_dir, WordTokenizer(), n_pos=4, n_neg=4)
+    assert sorted(inp.explanations) == [1, 2, 3]
+    assert inp.explainer == {1: "llm", 2: "contrastive", 3: "top_tokens"}
+    assert "too rare" in inp.skipped[4] and 5 in inp.skipped
+    assert all(len(v) == 8 and sum(e.label for e in v) == 4 for v in inp.examples.values())
+    assert len(scoring.load_inputs(run_dir, WordTokenizer(), n_latents=2).explanations) == 2
+    with pytest.raises(ValueError, match="needs 2 or more"):
+        scoring.load_inputs(run_dir, WordTokenizer(), n_latents=1)
+
+
+class WordOverlapScorer:
+    """Score = fraction of the explanation's words that occur in the example."""
+
+    name = "overlap"
+
+    def score(self, explanations: Mapping[int, str], examples: Mapping[int, Sequence[ExampleText]]):
+        out = []
+        for lat, text in sorted(explanations.items()):
+            words = set(text.lower().split())
+            scored = [ScoredExample(lat, e.example_id, e.text, e.label, e.quantile,
+                                    score=len(words & set(e.text.split())) / len(words))
+                      for e in examples[lat]]
+            out.append(make_result(lat, self.name, text, scored, usage={"model": "words"}))
+        return out
+
+
+def test_run_write_and_read_back(run_dir):
+    inp = scoring.load_inputs(run_dir, WordTokenizer())
+    run = scoring.run_scorer(WordOverlapScorer(), inp, seed=0)
+    assert [r.control for r in run.control] == [SHUFFLED] * 3 and run.comparison.diff.n == 3
+    assert "NOT a finding" in scoring.verdict(run) or "excludes 0" in scoring.verdict(run)
+    path = scoring.write_scores(run_dir, run, inp, validity={"summary": "x", "diff_ci": (0.1, 0.2)},
+                                seed=0)
+    assert path == run_dir / "scores" / "overlap.jsonl"
+    header, df = metrics.read_results(path)
+    assert header["scorer"] == "overlap" and header["explainer"]["2"] == "contrastive"
+    assert header["validity"]["diff_ci"] == [0.1, 0.2] and "provenance" in header
+    assert (run_dir / "scores" / "overlap_validity.json").exists()
+    assert len(df) == 6 and set(df.control.fillna("real")) == {"real", SHUFFLED}
+    real = df[df.control.isna()].set_index("latent")
+    for r in run.real:
+        got = real.loc[r.latent, "metrics.auroc"]
+        assert (math.isnan(r.metrics.auroc) and math.isnan(got)) or got == pytest.approx(r.metrics.auroc)
+        assert real.loc[r.latent, "explainer"] == inp.explainer[r.latent]
+        assert len(real.loc[r.latent, "examples"]) == len(inp.examples[r.latent])
+    assert scoring.per_latent_figure(run, inp).data and scoring.quantile_figure(run).data
