@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from autointerp import saes
+from autointerp.paths import data_dir
 from autointerp.scorers import intervention as iv
 
-DEMO_SAE = Path("/work/main/data/runs/demo/sae")
-DEMO_CACHE = Path("/work/main/data/runs/demo/cache")
+DEMO_SAE = data_dir() / "runs" / "demo" / "sae"  # used when `make demo` has run; else a random SAE
+DEMO_CACHE = data_dir() / "runs" / "demo" / "cache"
 HOOK = "model.layers.8"
 
 
