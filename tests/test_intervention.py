@@ -3,7 +3,6 @@ and recovery of a planted output direction."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
