@@ -130,3 +130,16 @@ def test_pipeline_caches_the_planted_sae(subject, tokens, built, tmp_path):
         wins = reader.top_windows(p.latent, n=5, width=16)
         assert wins, p.concept
         assert all(w.token_ids[w.peak] in p.token_ids for w in wins), p.concept
+
+
+def test_planted_windows_mark_exactly_the_concept_tokens(built, tokens, subject):
+    wins = pl.planted_windows(built, tokens, n_pos=5, n_neg=5, width=16, seed=1)
+    texts = pl.planted_examples(built, tokens, subject.tokenizer, n_pos=5, n_neg=5, width=16, seed=1)
+    for p in built.latents:
+        exs = wins[p.latent]
+        assert [f"{e.row}:{e.start}" for e in exs] == [t.example_id for t in texts[p.latent]]
+        for e in exs:
+            assert len(e.token_ids) == len(e.acts) == 16
+            hit = [float(t in p.token_ids) for t in e.token_ids]
+            assert list(e.acts) == hit
+            assert (e.kind == "activating") == (max(hit) == 1.0)

@@ -122,3 +122,58 @@ def test_run_write_and_read_back(run_dir):
         assert real.loc[r.latent, "explainer"] == inp.explainer[r.latent]
         assert len(real.loc[r.latent, "examples"]) == len(inp.examples[r.latent])
     assert scoring.per_latent_figure(run, inp).data and scoring.quantile_figure(run).data
+
+
+def test_records_follow_the_same_selection_as_texts(run_dir):
+    txt = scoring.load_inputs(run_dir, WordTokenizer(), n_pos=3, n_neg=2)
+    rec = scoring.load_inputs(run_dir, WordTokenizer(), n_pos=3, n_neg=2, records=True)
+    assert rec.explanations == txt.explanations
+    for lat, exs in rec.examples.items():
+        assert all(isinstance(e, exm.Example) for e in exs)
+        assert [f"{e.row}:{e.start}" for e in exs] == [e.example_id for e in txt.examples[lat]]
+        assert [e.kind == "activating" for e in exs] == [e.label for e in txt.examples[lat]]
+
+
+class ReversingScorer(WordOverlapScorer):
+    """Returns its scored examples in reverse order plus one extra example (as fuzzing's active
+    mode adds): the playground must still align scores by example id."""
+
+    name = "reversing"
+
+    def score(self, explanations, examples):
+        out = []
+        for r in super().score(explanations, examples):
+            extra = ScoredExample(r.latent, "999:0:wrong", "x", False, None, score=-1.0)
+            out.append(make_result(r.latent, self.name, r.explanation, [*reversed(r.examples), extra]))
+        return out
+
+
+def test_playground_scores_align_with_the_examples_shown(run_dir):
+    inp = scoring.load_inputs(run_dir, WordTokenizer())
+    play = scoring.playground_scorer(ReversingScorer(), inp)
+    auroc, scores = play(1, "alpha delta")
+    direct = WordOverlapScorer().score({1: "alpha delta"}, {1: inp.examples[1]})[0]
+    assert scores == [e.score for e in direct.examples]  # same order as inp.examples[1]
+    assert not math.isnan(auroc)
+
+
+class BinaryScorer(WordOverlapScorer):
+    """0/1 predictions only (a judge without logprobs): AUROC is NaN, balanced accuracy is not."""
+
+    name = "binary"
+
+    def score(self, explanations, examples):
+        return [make_result(r.latent, self.name, r.explanation,
+                            [ScoredExample(e.latent, e.example_id, e.text, e.label, e.quantile,
+                                           prediction=int(e.score > 0)) for e in r.examples])
+                for r in super().score(explanations, examples)]
+
+
+def test_binary_scorers_compare_balanced_accuracy(run_dir):
+    inp = scoring.load_inputs(run_dir, WordTokenizer())
+    run = scoring.run_scorer(BinaryScorer(), inp, seed=0)
+    assert run.metric == "balanced_accuracy" and run.comparison.diff.n == 3
+    assert "balanced accuracy" in scoring.verdict(run)
+    assert all(not math.isnan(v.mean) for v in scoring.quantile_curves(run)["real"].values())  # recall
+    path = scoring.write_scores(run_dir, run, inp, name="binary_variant")
+    assert path.name == "binary_variant.jsonl" and metrics.read_results(path)[0]["metric"] == "balanced_accuracy"

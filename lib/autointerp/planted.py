@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from . import saes
+from .examples import Example
 from .metrics import _plain, auroc
-from .scorers import ExampleText, Scorer, compare, score_with_control
+from .scorers import ExampleText, Scorer, compare, primary_metric, score_with_control
 
 PLANTED_JSON = "planted.json"
 SEPARATES = "separates"
@@ -255,13 +256,14 @@ def load_planted(folder: str | Path, *, device: str = "cpu"):
     return saes.load(str(folder), device=device), planted
 
 
-def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_pos: int = 20,
-                     n_neg: int = 20, width: int = 16, seed: int = 0,
-                     rows: Sequence[int] | None = None) -> dict[int, list[ExampleText]]:
-    """Test examples per planted latent: ``n_pos`` windows of ``width`` tokens around an occurrence
-    of the concept (at ~3/4 of the window; ``label=True``, quantile 0) and ``n_neg`` random windows
-    without it. ``rows`` (default: all) picks rows of ``tokens``; the probes play no part here, so
-    training rows are fair game for a scorer."""
+def planted_windows(planted: PlantedSet, tokens: np.ndarray, *, n_pos: int = 20, n_neg: int = 20,
+                    width: int = 16, seed: int = 0, rows: Sequence[int] | None = None
+                    ) -> dict[int, list[Example]]:
+    """Test windows per planted latent as ``examples.Example`` records: ``n_pos`` windows of
+    ``width`` tokens around an occurrence of the concept (at ~3/4 of the window; activation 1.0 on
+    every concept token, 0 elsewhere: the known truth; quantile 0) and ``n_neg`` random windows
+    without it (all 0). ``rows`` (default: all) picks rows of ``tokens``; the probes play no part
+    here, so training rows are fair game for a scorer."""
     fp = planted.first_pos
     rows = np.arange(len(tokens)) if rows is None else np.asarray(rows, int)
     if width > tokens.shape[1] - fp:
@@ -269,10 +271,12 @@ def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_po
     sub = np.asarray(tokens)[rows]
     rng = np.random.default_rng(seed)
 
-    def text(r: int, s: int) -> str:
-        return tokenizer.decode(sub[r, s:s + width].tolist(), skip_special_tokens=True)
+    def window(lat: int, r: int, s: int, hit: np.ndarray, positive: bool) -> Example:
+        acts = tuple(float(a) for a in hit[r, s:s + width])
+        return Example(lat, int(rows[r]), int(s), tuple(int(t) for t in sub[r, s:s + width]), acts,
+                       max(acts), 0 if positive else None, "activating" if positive else "random")
 
-    out: dict[int, list[ExampleText]] = {}
+    out: dict[int, list[Example]] = {}
     for p in planted.latents:
         hit = np.isin(sub, p.token_ids)
         hit[:, :fp] = False
@@ -280,8 +284,7 @@ def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_po
         starts = np.clip(pos - (3 * width) // 4, fp, sub.shape[1] - width)
         wins = sorted(set(zip(r_idx.tolist(), starts.tolist())))
         pick = rng.permutation(len(wins))[:n_pos]
-        exs = [ExampleText(p.latent, f"{rows[wins[i][0]]}:{wins[i][1]}", text(*wins[i]), True, 0)
-               for i in sorted(pick)]
+        exs = [window(p.latent, *wins[i], hit, True) for i in sorted(pick)]
         seen: set[tuple[int, int]] = set()
         for _ in range(50 * n_neg):
             if len(seen) >= n_neg:
@@ -289,7 +292,7 @@ def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_po
             r, s = int(rng.integers(len(sub))), int(rng.integers(fp, sub.shape[1] - width + 1))
             if not hit[r, s:s + width].any():
                 seen.add((r, s))
-        exs += [ExampleText(p.latent, f"{rows[r]}:{s}", text(r, s), False) for r, s in sorted(seen)]
+        exs += [window(p.latent, r, s, hit, False) for r, s in sorted(seen)]
         if len(exs) > len(seen) and seen:
             out[p.latent] = exs
     missing = [p.concept for p in planted.latents if p.latent not in out]
@@ -299,35 +302,50 @@ def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_po
     return out
 
 
+def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_pos: int = 20,
+                     n_neg: int = 20, width: int = 16, seed: int = 0,
+                     rows: Sequence[int] | None = None) -> dict[int, list[ExampleText]]:
+    """``planted_windows`` as text (``ExampleText``, id ``"row:start"``), for text-only scorers."""
+    wins = planted_windows(planted, tokens, n_pos=n_pos, n_neg=n_neg, width=width, seed=seed, rows=rows)
+    return {lat: [ExampleText(lat, f"{e.row}:{e.start}",
+                              tokenizer.decode(list(e.token_ids), skip_special_tokens=True),
+                              e.kind == "activating", e.quantile) for e in exs]
+            for lat, exs in wins.items()}
+
+
 def validity_report(scorer: Scorer, planted: PlantedSet,
-                    examples: Mapping[int, Sequence[ExampleText]], seed: int = 0) -> dict[str, Any]:
-    """Score the planted latents with their true and shuffled explanations: mean AUROC of each,
-    the paired difference with a bootstrap 95% CI, and a verdict ("separates" when the CI
-    excludes 0 on the positive side, else "at chance: this scorer model is too weak")."""
+                    examples: Mapping[int, Sequence[Any]], seed: int = 0,
+                    metric: str | None = "auroc") -> dict[str, Any]:
+    """Score the planted latents with their true and shuffled explanations: the mean of ``metric``
+    (a ``LatentMetrics`` field; keys ``true_<metric>``, ``shuffled_<metric>``) for each, the paired
+    difference with a bootstrap 95% CI, and a verdict ("separates" when the CI excludes 0 on the
+    positive side, else "at chance: this scorer model is too weak"). ``metric=None``: AUROC when the
+    scorer gave scores, else balanced accuracy (``scorers.primary_metric``)."""
     expl = {p.latent: p.explanation for p in planted.latents if p.latent in examples}
     t0 = time.perf_counter()
     real, control = score_with_control(scorer, expl, examples, seed=seed)
-    cmp = compare(real, control, seed=seed)
+    metric = metric or primary_metric(real)
+    cmp = compare(real, control, metric, seed=seed)
     verdict = SEPARATES if cmp.diff.low > 0 else AT_CHANCE
     concept = {p.latent: p.concept for p in planted.latents}
     shuf = {r.latent: r for r in control}
     return {
-        "scorer": scorer.name, "n_latents": cmp.diff.n,
-        "true_auroc": cmp.real.mean, "true_ci": (cmp.real.low, cmp.real.high),
-        "shuffled_auroc": cmp.control.mean, "shuffled_ci": (cmp.control.low, cmp.control.high),
+        "scorer": scorer.name, "metric": metric, "n_latents": cmp.diff.n,
+        f"true_{metric}": cmp.real.mean, "true_ci": (cmp.real.low, cmp.real.high),
+        f"shuffled_{metric}": cmp.control.mean, "shuffled_ci": (cmp.control.low, cmp.control.high),
         "diff": cmp.diff.mean, "diff_ci": (cmp.diff.low, cmp.diff.high),
         "frac_true_better": cmp.frac_real_better, "verdict": verdict,
         "summary": (f"{scorer.name}: true {cmp.real.mean:.3f} vs shuffled {cmp.control.mean:.3f} "
-                    f"AUROC, diff {cmp.diff.mean:+.3f} [95% CI {cmp.diff.low:+.3f}, "
+                    f"{metric}, diff {cmp.diff.mean:+.3f} [95% CI {cmp.diff.low:+.3f}, "
                     f"{cmp.diff.high:+.3f}] over {cmp.diff.n} planted latents: {verdict}"),
         "per_latent": [{"latent": r.latent, "concept": concept[r.latent],
-                        "explanation": r.explanation, "true_auroc": r.metrics.auroc,
+                        "explanation": r.explanation, f"true_{metric}": getattr(r.metrics, metric),
                         "shuffled_explanation": shuf[r.latent].explanation,
-                        "shuffled_auroc": shuf[r.latent].metrics.auroc} for r in real],
+                        f"shuffled_{metric}": getattr(shuf[r.latent].metrics, metric)} for r in real],
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
 __all__ = ["CLASS_RULES", "PlantedLatent", "PlantedSet", "build_planted", "fit_probe",
-           "read_planted", "load_planted", "planted_examples", "validity_report", "SEPARATES",
+           "read_planted", "load_planted", "planted_windows", "planted_examples", "validity_report", "SEPARATES",
            "AT_CHANCE"]

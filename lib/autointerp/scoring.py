@@ -20,7 +20,8 @@ import numpy as np
 
 from . import examples as ex_mod
 from . import explain, metrics
-from .scorers import ExampleText, Scorer, ScorerResult, compare, score_with_control
+from .scorers import (CHANCE, METRIC_LABELS, ExampleText, Scorer, ScorerResult, compare, primary_metric,
+                      score_with_control)
 from .metrics import PairedComparison
 
 PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
@@ -35,9 +36,18 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 # Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
+# LLM judges cost one call per example on the embedded model (see judging.judge_settings).
+_JUDGE = {"smoke": dict(n_latents=3, n_pos=3, n_neg=3, planted_latents=4, planted_examples=3, n_trials=2),
+          "demo": dict(n_latents=6, n_pos=6, n_neg=6, planted_latents=6, planted_examples=5, n_trials=3),
+          "full": dict(planted_latents=8, planted_examples=20, n_trials=10)}
 SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "surprisal": {"smoke": dict(n_pos=6, n_neg=6, planted_examples=8),
                   "demo": dict(n_latents=8, n_pos=15, n_neg=15, planted_examples=12)},
+    "detection": _JUDGE,
+    "fuzzing": _JUDGE,
+    "simulation": {"smoke": dict(n_latents=2, n_pos=2, n_neg=2, planted_latents=2, planted_examples=2),
+                   "demo": dict(n_latents=4, n_pos=4, n_neg=4, planted_latents=4, planted_examples=3),
+                   "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10)},
 }
 
 
@@ -57,7 +67,7 @@ class ScoringInputs:
 
     explanations: dict[int, str]
     explainer: dict[int, str]
-    examples: dict[int, list[ExampleText]]
+    examples: dict[int, list[Any]]  # ExampleText, or examples.Example with records=True
     skipped: dict[int, str] = field(default_factory=dict)
 
 
@@ -69,22 +79,26 @@ def _interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
     return out
 
 
-def example_texts(lex: ex_mod.LatentExamples, tokenizer, *, n_pos: int | None = None,
-                  n_neg: int | None = None) -> list[ExampleText]:
-    """A latent's test examples as text: activating (label True, its quantile; taken round-robin
-    over quantile bins) then negatives (label False; random and hard negatives alternating).
-    ``None`` keeps them all. Text = the window's token ids decoded together."""
+def select_examples(lex: ex_mod.LatentExamples, *, n_pos: int | None = None,
+                    n_neg: int | None = None) -> list[ex_mod.Example]:
+    """A latent's test examples: activating first (taken round-robin over quantile bins, so the
+    first n cover every bin), then negatives (random and hard negatives alternating). ``None``
+    keeps them all."""
     by_q: dict[int, list[ex_mod.Example]] = {}
     for e in lex.test_activating:
         by_q.setdefault(int(e.quantile), []).append(e)
     pos = _interleave([by_q[q] for q in sorted(by_q)])[:n_pos]
-    neg = _interleave([lex.test_negative, lex.test_hard_negative])[:n_neg]
+    return pos + _interleave([lex.test_negative, lex.test_hard_negative])[:n_neg]
 
-    def text(e: ex_mod.Example) -> str:
-        return tokenizer.decode(list(e.token_ids), skip_special_tokens=True)
 
-    return ([ExampleText(lex.latent, f"{e.row}:{e.start}", text(e), True, int(e.quantile)) for e in pos]
-            + [ExampleText(lex.latent, f"{e.row}:{e.start}", text(e), False, None) for e in neg])
+def example_texts(lex: ex_mod.LatentExamples, tokenizer, *, n_pos: int | None = None,
+                  n_neg: int | None = None) -> list[ExampleText]:
+    """``select_examples`` as text: label True with its quantile for activating examples, False
+    for negatives; text = the window's token ids decoded together."""
+    return [ExampleText(lex.latent, f"{e.row}:{e.start}",
+                        tokenizer.decode(list(e.token_ids), skip_special_tokens=True),
+                        e.kind == "activating", None if e.quantile is None else int(e.quantile))
+            for e in select_examples(lex, n_pos=n_pos, n_neg=n_neg)]
 
 
 def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "auto",
@@ -113,8 +127,10 @@ def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "
 
 
 def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_latents: int | None = None,
-                n_pos: int | None = None, n_neg: int | None = None) -> ScoringInputs:
-    """Scorer inputs of a run dir (after chapter 02): the first ``n_latents`` explained latents."""
+                n_pos: int | None = None, n_neg: int | None = None, records: bool = False) -> ScoringInputs:
+    """Scorer inputs of a run dir (after chapter 02): the first ``n_latents`` explained latents.
+    ``records=True`` gives ``examples.Example`` records (token ids + activations, for fuzzing and
+    simulation) instead of ``ExampleText``."""
     path = Path(run_dir) / "examples.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"No examples.jsonl in {Path(run_dir).resolve()}: run "
@@ -127,9 +143,11 @@ def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_la
         elif lat not in picked:
             skipped.setdefault(lat, "no explanation")
     keep = [lat for lat in sorted(picked) if lat in lexs and not lexs[lat].skipped][:n_latents]
-    texts = {lat: example_texts(lexs[lat], tokenizer, n_pos=n_pos, n_neg=n_neg) for lat in keep}
+    texts: dict[int, list[Any]] = {
+        lat: (select_examples(lexs[lat], n_pos=n_pos, n_neg=n_neg) if records else
+              example_texts(lexs[lat], tokenizer, n_pos=n_pos, n_neg=n_neg)) for lat in keep}
     for lat in keep:
-        if len({e.label for e in texts[lat]}) < 2:
+        if len({_label(e) for e in texts[lat]}) < 2:
             skipped[lat] = "its test set lacks activating or non-activating examples"
     keep = [lat for lat in keep if lat not in skipped]
     if len(keep) < 2:
@@ -137,6 +155,10 @@ def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_la
                          f"examples (skipped: {skipped}); the shuffled control needs 2 or more.")
     return ScoringInputs({k: picked[k][1] for k in keep}, {k: picked[k][0] for k in keep},
                          {k: texts[k] for k in keep}, {k: v for k, v in skipped.items() if k not in keep})
+
+
+def _label(e: ExampleText | ex_mod.Example) -> bool:
+    return bool(e.label) if isinstance(e, ExampleText) else e.kind == "activating"
 
 
 @dataclass(frozen=True)
@@ -147,20 +169,28 @@ class ScoreRun:
     control: list[ScorerResult]
     comparison: PairedComparison
     seconds: float
+    metric: str = "auroc"  # the LatentMetrics field compared
 
 
-def run_scorer(scorer: Scorer, inputs: ScoringInputs, *, seed: int = 0) -> ScoreRun:
-    """Score real and shuffled explanations; AUROC compared with a paired bootstrap CI."""
+def run_scorer(scorer: Scorer, inputs: ScoringInputs, *, seed: int = 0, metric: str | None = None) -> ScoreRun:
+    """Score real and shuffled explanations; ``metric`` (default: ``primary_metric``) compared
+    with a paired bootstrap CI."""
     t0 = time.perf_counter()
     real, control = score_with_control(scorer, inputs.explanations, inputs.examples, seed=seed)
-    return ScoreRun(real, control, compare(real, control, seed=seed), round(time.perf_counter() - t0, 2))
+    metric = metric or primary_metric(real)
+    return ScoreRun(real, control, compare(real, control, metric, seed=seed),
+                    round(time.perf_counter() - t0, 2), metric)
 
 
 def planted_control(cfg, subject, scorer: Scorer, *, n_tokens: int = 4096, n_examples: int = 10,
-                    width: int = 24, seed: int = 0) -> dict[str, Any]:
+                    width: int = 24, seed: int = 0, n_latents: int | None = None,
+                    records: bool = False, metric: str | None = None) -> dict[str, Any]:
     """Planted latents (4 word classes + 4 frequent words, at most 8) on the first ``n_tokens`` of
     the run's corpus at the run's hook, saved in ``<run_dir>/planted/t<n_tokens>_s<seed>`` (reused
-    when there), scored with true and shuffled explanations: ``planted.validity_report``."""
+    when there), scored with true and shuffled explanations: ``planted.validity_report``.
+    ``n_latents`` keeps the first planted latents only (costly judges); ``records=True`` passes
+    ``examples.Example`` windows (activation 1 on the concept's tokens) for scorers that need
+    token-level truth; ``metric=None``: AUROC when the scorer gives scores, else balanced accuracy."""
     from . import corpus, planted
 
     tok_file = cfg.path.cache_dir / "tokens.npy"
@@ -171,22 +201,30 @@ def planted_control(cfg, subject, scorer: Scorer, *, n_tokens: int = 4096, n_exa
         pset = planted.read_planted(out_dir)
     else:
         pset = planted.build_planted(subject, cfg.hook, tokens, out_dir, n_token_concepts=4, seed=seed)
-    exs = planted.planted_examples(pset, tokens, subject.tokenizer, n_pos=n_examples, n_neg=n_examples,
-                                   width=min(width, tokens.shape[1] - pset.first_pos), seed=seed)
-    return {**planted.validity_report(scorer, pset, exs, seed=seed), "n_tokens": int(tokens.size),
+    kw = dict(n_pos=n_examples, n_neg=n_examples, width=min(width, tokens.shape[1] - pset.first_pos), seed=seed)
+    exs = (planted.planted_windows(pset, tokens, **kw) if records
+           else planted.planted_examples(pset, tokens, subject.tokenizer, **kw))
+    exs = {lat: exs[lat] for lat in sorted(exs)[:n_latents]}
+    return {**planted.validity_report(scorer, pset, exs, seed=seed, metric=metric), "n_tokens": int(tokens.size),
             "folder": str(out_dir), "build_seconds": pset.seconds,
             "concepts": {p.latent: p.concept for p in pset.latents},
             "skipped_concepts": [list(s) for s in pset.skipped]}
 
 
+def _example_id(e: ExampleText | ex_mod.Example) -> str | int:
+    return e.example_id if isinstance(e, ExampleText) else f"{e.row}:{e.start}"
+
+
 def playground_scorer(scorer: Scorer, inputs: ScoringInputs, run: ScoreRun | None = None):
-    """``(latent, text) -> (AUROC, per-example scores)`` for ``widgets.score_playground``; the run's
-    own explanation is answered from ``run`` (no recompute), any other text is scored afresh."""
+    """``(latent, text) -> (AUROC, per-example scores in the order of inputs.examples[latent])``
+    for ``widgets.score_playground`` (scorers may reorder or add examples: scores are matched by
+    example id). The run's own explanation is answered from ``run``; other text is scored afresh."""
     done = {(r.latent, r.explanation): r for r in (run.real if run else [])}
 
     def score(latent: int, text: str) -> tuple[float, list[float | None]]:
         r = done.get((latent, text)) or scorer.score({latent: text}, {latent: inputs.examples[latent]})[0]
-        return r.metrics.auroc, [e.score for e in r.examples]
+        by_id = {e.example_id: e.score for e in r.examples}
+        return r.metrics.auroc, [by_id.get(_example_id(e)) for e in inputs.examples[latent]]
 
     return score
 
@@ -201,15 +239,19 @@ def surprisal_prompt(scorer, explanation: str, text: str) -> str:
 def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
     """Plain sentences from this run's numbers: does the scorer separate, and is it a finding?"""
     c = run.comparison
-    lines = [f"Real explanations: mean AUROC {c.real.mean:.3f} [95% CI {c.real.low:.3f}, {c.real.high:.3f}]; "
+    name, chance = METRIC_LABELS.get(run.metric, run.metric), CHANCE.get(run.metric, 0.5)
+    lines = [f"Real explanations: mean {name} {c.real.mean:.3f} [95% CI {c.real.low:.3f}, {c.real.high:.3f}]; "
              f"shuffled: {c.control.mean:.3f} [{c.control.low:.3f}, {c.control.high:.3f}]; difference "
              f"{c.diff.mean:+.3f} [{c.diff.low:+.3f}, {c.diff.high:+.3f}] over {c.diff.n} latents "
              f"(real beats shuffled on {c.frac_real_better:.0%} of them)."]
-    if c.diff.low > 0:
+    if c.diff.n < 2:
+        lines.append(f"Only {c.diff.n} latent(s) have a {name} with both explanations: too few to "
+                     "tell anything; see the failures in the results.")
+    elif c.diff.low > 0:
         lines.append("The CI of the difference excludes 0: on this run the explanations carry "
                      "information the scorer can use"
-                     + (f", but little: a mean AUROC of {c.real.mean:.2f} is close to chance (0.5)."
-                        if c.real.mean < 0.6 else "."))
+                     + (f", but little: a mean {name} of {c.real.mean:.2f} is close to chance ({chance})."
+                        if c.real.mean < chance + 0.1 else "."))
     else:
         lines.append("The CI of the difference includes 0: real explanations are not distinguishable "
                      "from shuffled ones here, so this is NOT a finding about the explanations.")
@@ -226,19 +268,21 @@ def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
 
 
 def per_latent_figure(run: ScoreRun, inputs: ScoringInputs | None = None, title: str = ""):
-    """Per latent: AUROC with the real explanation vs the shuffled control (0.5 = chance)."""
+    """Per latent: the run's metric with the real explanation vs the shuffled control."""
     import plotly.graph_objects as go
 
-    ctrl = {r.latent: r.metrics.auroc for r in run.control}
+    name = METRIC_LABELS.get(run.metric, run.metric)
+    ctrl = {r.latent: getattr(r.metrics, run.metric) for r in run.control}
     lats = [r.latent for r in run.real]
     x = [f"{lat}" + (f" ({inputs.explainer[lat]})" if inputs else "") for lat in lats]
-    fig = go.Figure([go.Bar(x=x, y=[r.metrics.auroc for r in run.real], name="real explanation",
+    fig = go.Figure([go.Bar(x=x, y=[getattr(r.metrics, run.metric) for r in run.real], name="real explanation",
                             marker_color="#3b75af", hovertext=[r.explanation for r in run.real]),
                      go.Bar(x=x, y=[ctrl.get(lat) for lat in lats], name="shuffled (control)",
                             marker_color="#bbbbbb")])
-    fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
-    fig.update_layout(barmode="group", title=title or "AUROC per latent", yaxis_range=[0, 1],
-                      xaxis_title="latent (explainer)", yaxis_title="AUROC", height=380,
+    fig.add_hline(y=CHANCE.get(run.metric, 0.5), line_dash="dash", annotation_text="chance")
+    fig.update_layout(barmode="group", title=title or f"{name} per latent",
+                      yaxis_range=[-1 if run.metric == "correlation" else 0, 1],
+                      xaxis_title="latent (explainer)", yaxis_title=name, height=380,
                       template="plotly_white", legend=dict(orientation="h", y=-0.3))
     return fig
 
@@ -258,16 +302,24 @@ def example_score_figure(run: ScoreRun, unit: str = "score", title: str = ""):
     return fig
 
 
+def _curve_measure(run: ScoreRun) -> str:
+    return "auroc" if run.metric in ("auroc", "correlation") else "recall"
+
+
 def quantile_curves(run: ScoreRun, *, seed: int = 0) -> dict[str, dict[int, metrics.MeanWithCI]]:
-    """Per activation quantile (0 = strongest): mean AUROC over latents with a bootstrap CI."""
-    return {name: metrics.curve_over_latents([r.metrics.by_quantile for r in res], seed=seed)
+    """Per activation quantile (0 = strongest): mean over latents with a bootstrap CI of that
+    bin's AUROC vs all negatives (scorers with scores), else of its recall (0/1 predictions)."""
+    measure = _curve_measure(run)
+    return {name: metrics.curve_over_latents([r.metrics.by_quantile for r in res], measure=measure, seed=seed)
             for name, res in (("real", run.real), ("shuffled", run.control))}
 
 
 def quantile_figure(run: ScoreRun, title: str = "", *, seed: int = 0):
-    """AUROC of each quantile bin's activating examples vs all negatives, real and shuffled."""
+    """Per quantile bin: AUROC of its activating examples vs all negatives (or their recall, for
+    0/1 predictions), real and shuffled."""
     import plotly.graph_objects as go
 
+    measure = "AUROC" if _curve_measure(run) == "auroc" else "recall"
     fig = go.Figure()
     for (name, curve), color in zip(quantile_curves(run, seed=seed).items(), ("#3b75af", "#999999")):
         q = list(curve)
@@ -275,21 +327,24 @@ def quantile_figure(run: ScoreRun, title: str = "", *, seed: int = 0):
         fig.add_scatter(x=q, y=m, name=name, mode="lines+markers", line_color=color,
                         error_y=dict(type="data", array=[curve[k].high - v for k, v in zip(q, m)],
                                      arrayminus=[v - curve[k].low for k, v in zip(q, m)]))
-    fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
-    fig.update_layout(title=title or "AUROC by activation quantile (mean over latents, 95% CI)",
-                      xaxis_title="quantile bin (0 = strongest activations)", yaxis_title="AUROC",
+    if measure == "AUROC":
+        fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title=title or f"{measure} by activation quantile (mean over latents, 95% CI)",
+                      xaxis_title="quantile bin (0 = strongest activations)", yaxis_title=measure,
                       yaxis_range=[0, 1], height=360, template="plotly_white")
     return fig
 
 
 def write_scores(run_dir: str | Path, run: ScoreRun, inputs: ScoringInputs, *,
-                 validity: Mapping[str, Any] | None = None, **header: Any) -> Path:
+                 validity: Mapping[str, Any] | None = None, name: str | None = None, **header: Any) -> Path:
     """``<run_dir>/scores/<scorer>.jsonl``: header (scorer, usage, explainer per latent, comparison,
     validity report, settings, provenance), then one record per result (real and control), each
     with the explainer that wrote the latent's own explanation; the validity report also goes to
-    ``scores/<scorer>_validity.json``."""
-    name = run.real[0].scorer
-    head = {"kind": "scores", "scorer": name, "usage": run.real[0].usage, "seconds": run.seconds,
+    ``scores/<scorer>_validity.json``. ``name`` replaces the scorer's name in the file names
+    (e.g. ``fuzzing_active``)."""
+    name = name or run.real[0].scorer
+    head = {"kind": "scores", "scorer": name, "metric": run.metric, "usage": run.real[0].usage,
+            "seconds": run.seconds,
             "explainer": inputs.explainer, "skipped": inputs.skipped, "comparison": run.comparison,
             "validity": validity, **header}
     recs = [{**metrics._plain(r), "explainer": inputs.explainer.get(r.latent)}
@@ -302,7 +357,7 @@ def write_scores(run_dir: str | Path, run: ScoreRun, inputs: ScoringInputs, *,
     return path
 
 
-__all__ = ["PREFERENCE", "PROFILE_SETTINGS", "profile_settings", "ScoringInputs", "example_texts",
+__all__ = ["PREFERENCE", "PROFILE_SETTINGS", "profile_settings", "ScoringInputs", "select_examples", "example_texts",
            "pick_explanations", "load_inputs", "ScoreRun", "run_scorer", "planted_control", "playground_scorer",
            "surprisal_prompt", "verdict",
            "per_latent_figure", "example_score_figure", "quantile_curves", "quantile_figure", "write_scores"]

@@ -136,6 +136,18 @@ def score_with_control(scorer: Scorer, explanations: Mapping[int, str],
     return real, control
 
 
+METRIC_LABELS = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "f1": "F1",
+                 "correlation": "Pearson r"}
+CHANCE = {"auroc": 0.5, "balanced_accuracy": 0.5, "correlation": 0.0}
+
+
+def primary_metric(results: Sequence[ScorerResult]) -> str:
+    """"auroc" when any latent has one (the scorer gave scores), else "balanced_accuracy"
+    (0/1 predictions only, e.g. a judge endpoint that serves no logprobs)."""
+    return ("auroc" if any(not np.isnan(r.metrics.auroc) for r in results)
+            else "balanced_accuracy")
+
+
 def by_latent(results: Sequence[ScorerResult], metric: str = "auroc") -> dict[int, float]:
     """latent -> one metric (a ``LatentMetrics`` field name)."""
     return {r.latent: float(getattr(r.metrics, metric)) for r in results}
@@ -163,4 +175,5 @@ def results_frame(results: Sequence[ScorerResult]):
 
 __all__ = ["ExampleText", "ScoredExample", "ScorerResult", "Scorer", "SHUFFLED", "check_inputs",
            "make_result", "shuffled_explanations", "score_with_control", "by_latent", "compare",
+           "primary_metric", "METRIC_LABELS", "CHANCE",
            "results_frame"]
