@@ -233,3 +233,44 @@ def score_playground(examples, explanations, score_fn, *, live: bool = True, ref
     button.on_click(show)
     reset()
     return w.VBox([pick, w.HBox([text, button]), body])
+
+
+def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompts: int = 3,
+                        max_len: int | None = 48, n_tokens: int = 8, seed: int = 0):
+    """Pick a latent and a multiplier of its calibrated strength; **generate** shows the same
+    prompts continued clean and intervened (``scorers.intervention``), with the KL it caused.
+    ``calibrated``: latent -> an ``InterventionResult`` (its ``strength`` is the unit)."""
+    import ipywidgets as w
+
+    from .scorers import intervention as iv
+
+    pick = w.Dropdown(options=sorted(calibrated), description="latent")
+    mult = w.FloatSlider(value=1.0, min=-3.0, max=5.0, step=0.25, description="x strength")
+    button = w.Button(description="generate", button_style="primary")
+    body = w.HTML()
+
+    def show(_=None) -> None:
+        j = pick.value
+        strength = mult.value * calibrated[j].strength
+        body.value = "<i>generating ...</i>"
+        try:
+            batch = iv.PromptBatch(subject, iv.prompts_from_cache(reader, j, n_prompts, max_len=max_len, seed=seed))
+            kl = batch.mean_kl(batch.logprobs(sae, hook, j, strength))
+            clean = iv.generate(batch, n_tokens, seed=seed)
+            steered = iv.generate(batch, n_tokens, seed=seed, sae=sae, hook=hook, latent=j, strength=strength)
+        except Exception as err:  # shown in the widget: a playground must not die on a bad setting
+            body.value = f"<span style='color:#b00'>{html.escape(repr(err))}</span>"
+            return
+        dec = subject.tokenizer.decode
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(dec(p.tolist(), skip_special_tokens=True)[-60:])}</td>"
+            f"<td style='text-align:left;color:#666'>{html.escape(dec(c.tolist()))}</td>"
+            f"<td style='text-align:left;color:#3b75af'>{html.escape(dec(s.tolist()))}</td></tr>"
+            for p, c, s in zip(batch.prompts, clean, steered))
+        body.value = (f"<div>latent {j}: strength {strength:+.2f} (x{mult.value:g} of the calibrated "
+                      f"{calibrated[j].strength:.2f}), next-token KL {kl:.3f}</div><table><tr><th>prompt (end)"
+                      f"</th><th>clean</th><th>intervened</th></tr>{rows}</table>")
+
+    button.on_click(show)
+    show()
+    return w.VBox([w.HBox([pick, mult, button]), body])

@@ -1,0 +1,67 @@
+"""Chapter glue for 03/04 (judging) and 07 (steering): judge settings per endpoint, honest notes
+from the control's numbers, intervention summaries whose CIs match an independent computation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autointerp import judging, steering
+from autointerp.llm import Endpoint, LLMClient
+from autointerp.scorers import intervention as iv
+
+
+def _judge(url: str, model: str) -> judging.Judge:
+    ep = Endpoint(base_url=url, model=model, api_key_env="AUTOINTERP_TEST_NO_KEY")
+    return judging.Judge(ep, LLMClient(ep, None))
+
+
+def test_judge_settings_follow_the_endpoint():
+    local = _judge("http://127.0.0.1:9/v1", judging.EMBEDDED_ALIAS)
+    assert local.is_embedded
+    assert judging.judge_settings(local) == {"n_per_prompt": 1, "logprobs": True}
+    with pytest.warns(UserWarning, match="No API key"):
+        remote = _judge("https://api.example.com/v1", "big-model")
+    assert not remote.is_embedded
+    assert judging.judge_settings(remote) == {"n_per_prompt": 5, "logprobs": True}
+    assert judging.judge_settings(remote, 3, False) == {"n_per_prompt": 3, "logprobs": False}
+    remote.close()  # no server: a no-op
+
+
+def test_honesty_note_reads_the_planted_control():
+    local = _judge("http://127.0.0.1:9/v1", judging.EMBEDDED_ALIAS)
+    weak = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (-0.1, 0.2)})
+    assert "does NOT separate" in weak and "135M" in weak and "llm_base_url" in weak
+    good = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (0.05, 0.3)})
+    assert "measurements" in good and "NOT" not in good
+    assert "unvalidated" in judging.honesty_note(local, None)
+
+
+def _res(lat: int, score: float, control: str | None = None) -> iv.InterventionResult:
+    return iv.InterventionResult(latent=lat, strength=1.0, strength_rel=1.0, achieved_kl=0.5,
+                                 target_kl=0.5, explanation=f"e{lat}", score_nats=score, sem=0.1,
+                                 n_prompts=4, control=control)
+
+
+def test_intervention_summary_and_verdict():
+    trained = [_res(j, s) for j, s in enumerate([2.0, 3.0, 2.5, 3.5])]
+    shuffled = [_res(j, s, iv.SHUFFLED) for j, s in enumerate([0.1, -0.2, 0.3, 0.0])]
+    rnd = [_res(j, s, iv.RANDOM_SAE) for j, s in enumerate([0.2, 0.1, -0.1])]
+    run = steering.InterventionRun({"trained": trained, iv.SHUFFLED: shuffled, iv.RANDOM_SAE: rnd,
+                                    "input_explanation": []}, {}, {})
+    s = steering.summary(run, seed=0)
+    assert s["conditions"]["trained"]["max"] == 3.5 and s["conditions"]["trained"]["n"] == 4
+    assert "input_explanation" not in s["conditions"]
+    d = s["trained_minus"][iv.SHUFFLED]  # paired: mean of per-latent differences
+    assert d.mean == pytest.approx(np.mean([1.9, 3.2, 2.2, 3.5])) and d.low > 0
+    r = s["trained_minus"][iv.RANDOM_SAE]  # unpaired: difference of means
+    assert r.mean == pytest.approx(2.75 - np.mean([0.2, 0.1, -0.1])) and r.low > 0
+    assert "NOT" not in steering.verdict(run)
+    null = steering.InterventionRun({"trained": trained, iv.SHUFFLED: [_res(j, x.score_nats, iv.SHUFFLED)
+                                                                       for j, x in enumerate(trained)]}, {}, {})
+    assert "NOT distinguishable" in steering.verdict(null) and "No control is beaten" in steering.verdict(null)
+    assert steering.table(run).shape[0] == 11 and steering.figure(run).data
+
+
+def test_profile_settings_override():
+    knobs = steering.profile_settings("smoke", n_latents=5, max_len=None)
+    assert knobs["n_latents"] == 5 and knobs["max_len"] == 24  # None keeps the profile's value
