@@ -20,6 +20,9 @@ import numpy as np
 from scipy.stats import rankdata
 
 NAN = float("nan")
+# A bootstrap CI over fewer latents than this is no basis for a claim (with 2 latents a paired
+# CI is just [min, max] of their differences): verdicts say "too few latents" instead.
+MIN_LATENTS_FOR_CLAIM = 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class LatentMetrics:
     f1: float
     auroc: float
     by_quantile: tuple[QuantilePoint, ...] = ()
+    # Pearson r of predicted vs true per-token activation (simulation scorers), NaN otherwise
+    correlation: float = NAN
 
 
 @dataclass(frozen=True)
