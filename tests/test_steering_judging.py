@@ -29,10 +29,13 @@ def test_judge_settings_follow_the_endpoint():
 
 def test_honesty_note_reads_the_planted_control():
     local = _judge("http://127.0.0.1:9/v1", judging.EMBEDDED_ALIAS)
-    weak = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (-0.1, 0.2)})
+    weak = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (-0.1, 0.2), "verdict": "at chance"})
     assert "does NOT separate" in weak and "135M" in weak and "llm_base_url" in weak
-    good = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (0.05, 0.3)})
+    good = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (0.05, 0.3), "verdict": "separates"})
     assert "measurements" in good and "NOT" not in good
+    few = judging.honesty_note(local, {"metric": "auroc", "diff_ci": (0.05, 0.3), "n_latents": 3,
+                                       "verdict": "too few planted latents to tell"})
+    assert "too few" in few and "unvalidated" in few
     assert "unvalidated" in judging.honesty_note(local, None)
 
 
@@ -43,23 +46,25 @@ def _res(lat: int, score: float, control: str | None = None) -> iv.InterventionR
 
 
 def test_intervention_summary_and_verdict():
-    trained = [_res(j, s) for j, s in enumerate([2.0, 3.0, 2.5, 3.5])]
-    shuffled = [_res(j, s, iv.SHUFFLED) for j, s in enumerate([0.1, -0.2, 0.3, 0.0])]
+    trained = [_res(j, s) for j, s in enumerate([2.0, 3.0, 2.5, 3.5, 2.8])]
+    shuffled = [_res(j, s, iv.SHUFFLED) for j, s in enumerate([0.1, -0.2, 0.3, 0.0, 0.4])]
     rnd = [_res(j, s, iv.RANDOM_SAE) for j, s in enumerate([0.2, 0.1, -0.1])]
     run = steering.InterventionRun({"trained": trained, iv.SHUFFLED: shuffled, iv.RANDOM_SAE: rnd,
                                     "input_explanation": []}, {}, {})
     s = steering.summary(run, seed=0)
-    assert s["conditions"]["trained"]["max"] == 3.5 and s["conditions"]["trained"]["n"] == 4
+    assert s["conditions"]["trained"]["max"] == 3.5 and s["conditions"]["trained"]["n"] == 5
     assert "input_explanation" not in s["conditions"]
     d = s["trained_minus"][iv.SHUFFLED]  # paired: mean of per-latent differences
-    assert d.mean == pytest.approx(np.mean([1.9, 3.2, 2.2, 3.5])) and d.low > 0
+    assert d.mean == pytest.approx(np.mean([1.9, 3.2, 2.2, 3.5, 2.4])) and d.low > 0
     r = s["trained_minus"][iv.RANDOM_SAE]  # unpaired: difference of means
-    assert r.mean == pytest.approx(2.75 - np.mean([0.2, 0.1, -0.1])) and r.low > 0
+    assert r.mean == pytest.approx(2.76 - np.mean([0.2, 0.1, -0.1])) and r.low > 0
     assert "NOT" not in steering.verdict(run)
     null = steering.InterventionRun({"trained": trained, iv.SHUFFLED: [_res(j, x.score_nats, iv.SHUFFLED)
                                                                        for j, x in enumerate(trained)]}, {}, {})
     assert "NOT distinguishable" in steering.verdict(null) and "No control is beaten" in steering.verdict(null)
-    assert steering.table(run).shape[0] == 11 and steering.figure(run).data
+    assert steering.table(run).shape[0] == 13 and steering.figure(run).data
+    few = steering.InterventionRun({"trained": trained[:2], iv.SHUFFLED: shuffled[:2]}, {}, {})
+    assert "too few latents" in steering.verdict(few)
 
 
 def test_profile_settings_override():

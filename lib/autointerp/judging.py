@@ -1,4 +1,5 @@
-"""Glue for the LLM-judge chapters (03 detection + intruder, 04 fuzzing + simulation).
+"""Glue for the LLM-judge chapters (03 detection + intruder, 04 fuzzing + simulation): the judge
+endpoint, its settings, cost, honest notes, and the intruder test's figure, summary and results file.
 
 A chapter opens one ``Judge``: the endpoint named in its parameters, else the environment's
 (``AUTOINTERP_LLM_BASE_URL`` ...), else the embedded SmolLM2 behind a local llama.cpp server on
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .llm import Endpoint, LLMClient
+from .metrics import MIN_LATENTS_FOR_CLAIM
 from .scorers import METRIC_LABELS, ScorerResult
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
@@ -115,8 +117,13 @@ def honesty_note(judge: Judge, validity: Mapping[str, Any] | None) -> str:
     if validity is None:
         return "No validity control was run: treat the scores above as unvalidated."
     metric = METRIC_LABELS.get(validity.get("metric", "auroc"), validity.get("metric", ""))
+    from .planted import SEPARATES, TOO_FEW
+
     lo, hi = validity["diff_ci"]
-    if lo > 0:
+    if validity.get("verdict") == TOO_FEW:
+        return (f"The planted control scored only {validity.get('n_latents')} latents: too few to judge "
+                f"the judge {judge.describe()}; raise planted_latents. Treat every score above as unvalidated.")
+    if validity.get("verdict") == SEPARATES:
         return (f"The judge {judge.describe()} separates true from shuffled explanations of planted "
                 f"latents ({metric} difference CI [{lo:+.3f}, {hi:+.3f}]): its scores of real "
                 "latents are measurements, within their CIs.")
@@ -129,5 +136,55 @@ def honesty_note(judge: Judge, validity: Mapping[str, Any] | None) -> str:
             "and AUTOINTERP_LLM_MODEL) and rerun.")
 
 
+def intruder_figure(runs: Mapping[str, tuple[Sequence[Any], Sequence[Any]]], title: str = ""):
+    """Per intruder scorer: accuracy of real trials vs the mixed control, mean over latents, with
+    the chance level. ``runs``: scorer name -> (real, control) ``IntruderResult`` lists."""
+    import plotly.graph_objects as go
+
+    from .metrics import mean_ci
+
+    fig = go.Figure()
+    for cond, k, color in (("real trials", 0, "#3b75af"), ("mixed control", 1, "#bbbbbb")):
+        cis = [mean_ci([r.accuracy for r in pair[k]]) for pair in runs.values()]
+        fig.add_bar(x=list(runs), y=[c.mean for c in cis], name=cond, marker_color=color,
+                    error_y=dict(type="data", array=[c.high - c.mean for c in cis],
+                                 arrayminus=[c.mean - c.low for c in cis]))
+    chance = next((r.chance for pair in runs.values() for r in pair[0]), None)
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dash", annotation_text=f"chance {chance:.2f}")
+    fig.update_layout(barmode="group", title=title or "Intruder accuracy (mean over latents, 95% CI)",
+                      yaxis_range=[0, 1], yaxis_title="accuracy", height=360, template="plotly_white")
+    return fig
+
+
+def intruder_summary(name: str, real: Sequence[Any], control: Sequence[Any], *, seed: int = 0) -> str:
+    """One sentence per intruder scorer from this run's numbers."""
+    from .scorers.intruder import compare_accuracy
+
+    c = compare_accuracy(real, control, seed=seed)
+    chance = real[0].chance if real else float("nan")
+    failed = sum(r.n_failed for r in [*real, *control])
+    total = sum(r.n_trials for r in [*real, *control])
+    head = (f"{name}: accuracy {c.real.mean:.2f} on real trials vs {c.control.mean:.2f} on the mixed "
+            f"control (chance {chance:.2f}); difference {c.diff.mean:+.2f} [95% CI {c.diff.low:+.2f}, "
+            f"{c.diff.high:+.2f}] over {c.diff.n} latents; {failed} of {total} trials unparseable.")
+    if c.diff.n < MIN_LATENTS_FOR_CLAIM:
+        return head + f" Too few latents for a claim (needs {MIN_LATENTS_FOR_CLAIM})."
+    return head + (" The latents' activating excerpts share something this judge can see." if c.diff.low > 0
+                   else " Not distinguishable from the control: NOT a finding.")
+
+
+def write_intruder(run_dir: str | Path, name: str, real: Sequence[Any], control: Sequence[Any], *,
+                   seed: int = 0, **header: Any) -> Path:
+    """``<run_dir>/scores/<name>.jsonl``: header (comparison, settings, provenance), then one
+    record per latent and condition."""
+    from .metrics import write_results
+    from .scorers.intruder import compare_accuracy
+
+    head = {"kind": "scores", "scorer": name, "metric": "accuracy",
+            "comparison": compare_accuracy(real, control, seed=seed), "seed": seed, **header}
+    return write_results(Path(run_dir) / "scores" / f"{name}.jsonl", head, [*real, *control])
+
+
 __all__ = ["Judge", "open_judge", "judge_settings", "usage_frame", "failure_summary", "per_call_cost",
-           "honesty_note", "EMBEDDED_ALIAS"]
+           "honesty_note", "intruder_figure", "intruder_summary", "write_intruder", "EMBEDDED_ALIAS"]

@@ -25,12 +25,13 @@ import torch
 
 from . import saes
 from .examples import Example
-from .metrics import _plain, auroc
+from .metrics import MIN_LATENTS_FOR_CLAIM, _plain, auroc
 from .scorers import ExampleText, Scorer, compare, primary_metric, score_with_control
 
 PLANTED_JSON = "planted.json"
 SEPARATES = "separates"
 AT_CHANCE = "at chance: this scorer model is too weak"
+TOO_FEW = "too few planted latents to tell"
 
 
 def _chars_in(allowed: str) -> Callable[[str], bool]:
@@ -319,14 +320,16 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
     """Score the planted latents with their true and shuffled explanations: the mean of ``metric``
     (a ``LatentMetrics`` field; keys ``true_<metric>``, ``shuffled_<metric>``) for each, the paired
     difference with a bootstrap 95% CI, and a verdict ("separates" when the CI excludes 0 on the
-    positive side, else "at chance: this scorer model is too weak"). ``metric=None``: AUROC when the
+    positive side over at least ``MIN_LATENTS_FOR_CLAIM`` latents, "too few ..." under that, else
+    "at chance: this scorer model is too weak"). ``metric=None``: AUROC when the
     scorer gave scores, else balanced accuracy (``scorers.primary_metric``)."""
     expl = {p.latent: p.explanation for p in planted.latents if p.latent in examples}
     t0 = time.perf_counter()
     real, control = score_with_control(scorer, expl, examples, seed=seed)
     metric = metric or primary_metric(real)
     cmp = compare(real, control, metric, seed=seed)
-    verdict = SEPARATES if cmp.diff.low > 0 else AT_CHANCE
+    verdict = (TOO_FEW if cmp.diff.n < MIN_LATENTS_FOR_CLAIM else
+               SEPARATES if cmp.diff.low > 0 else AT_CHANCE)
     concept = {p.latent: p.concept for p in planted.latents}
     shuf = {r.latent: r for r in control}
     return {
@@ -348,4 +351,4 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
 
 __all__ = ["CLASS_RULES", "PlantedLatent", "PlantedSet", "build_planted", "fit_probe",
            "read_planted", "load_planted", "planted_windows", "planted_examples", "validity_report", "SEPARATES",
-           "AT_CHANCE"]
+           "AT_CHANCE", "TOO_FEW"]

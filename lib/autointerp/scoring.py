@@ -37,7 +37,7 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 # Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
 # LLM judges cost one call per example on the embedded model (see judging.judge_settings).
-_JUDGE = {"smoke": dict(n_latents=3, n_pos=3, n_neg=3, planted_latents=4, planted_examples=3, n_trials=2),
+_JUDGE = {"smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2, n_trials=1),
           "demo": dict(n_latents=6, n_pos=6, n_neg=6, planted_latents=6, planted_examples=5, n_trials=3),
           "full": dict(planted_latents=8, planted_examples=20, n_trials=10)}
 SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
@@ -244,9 +244,9 @@ def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
              f"shuffled: {c.control.mean:.3f} [{c.control.low:.3f}, {c.control.high:.3f}]; difference "
              f"{c.diff.mean:+.3f} [{c.diff.low:+.3f}, {c.diff.high:+.3f}] over {c.diff.n} latents "
              f"(real beats shuffled on {c.frac_real_better:.0%} of them)."]
-    if c.diff.n < 2:
-        lines.append(f"Only {c.diff.n} latent(s) have a {name} with both explanations: too few to "
-                     "tell anything; see the failures in the results.")
+    if c.diff.n < metrics.MIN_LATENTS_FOR_CLAIM:
+        lines.append(f"Only {c.diff.n} latent(s) got a {name} with both explanations: too few for a "
+                     f"CI to mean anything (a claim needs {metrics.MIN_LATENTS_FOR_CLAIM}); score more latents.")
     elif c.diff.low > 0:
         lines.append("The CI of the difference excludes 0: on this run the explanations carry "
                      "information the scorer can use"
@@ -256,14 +256,18 @@ def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
         lines.append("The CI of the difference includes 0: real explanations are not distinguishable "
                      "from shuffled ones here, so this is NOT a finding about the explanations.")
     if validity is not None:
-        sep = validity["diff_ci"][0] > 0
+        from .planted import SEPARATES
+
+        sep = validity["verdict"] == SEPARATES
         lines.append(f"Validity control (planted latents, known meanings): {validity['summary']}. "
                      + (("The scorer works on this model and corpus: the real-latent result above "
-                         "is a measurement, within its CI." if c.diff.low > 0 else
+                         "is a measurement, within its CI." if c.diff.low > 0
+                         and c.diff.n >= metrics.MIN_LATENTS_FOR_CLAIM else
                          "The scorer works on this model and corpus, so the null result above points "
                          "at the explanations, not the scorer.") if sep else
                         "The scorer cannot even separate known meanings here: every score in this "
-                        "chapter is uninformative; use a stronger scorer model."))
+                        "chapter is uninformative; use a stronger scorer model." if validity["verdict"] != "too few planted latents to tell"
+                        else "Too few planted latents to judge the scorer: raise planted_latents."))
     return "\n".join(lines)
 
 

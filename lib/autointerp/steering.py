@@ -101,11 +101,38 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
     if random_control:
         t0 = time.perf_counter()
         rows = np.asarray(reader.tokens[:random_rows])
-        out[iv.RANDOM_SAE] = iv.random_sae_control(subject, sae, hook, [r.latent for r in out["trained"]], rows,
-                                                   n_prompts=n_prompts, sae_seed=seed, seed=seed,
+        from . import saes
+
+        rnd = saes.random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k), seed=seed,
+                              hook=hook).to(next(sae.parameters()).device)
+        picks = firing_latents(subject, rnd, hook, rows, len(out["trained"]), min_rows=2, seed=seed)
+        out[iv.RANDOM_SAE] = iv.random_sae_control(subject, sae, hook, picks, rows, n_prompts=n_prompts,
+                                                   sae_seed=seed, seed=seed,
                                                    **{k: v for k, v in kw.items() if k != "seed"})
         secs[iv.RANDOM_SAE] = time.perf_counter() - t0
     return InterventionRun(out, {k: round(v, 1) for k, v in secs.items()}, skipped)
+
+
+def firing_latents(subject, sae, hook: str, rows: np.ndarray, n: int, *, min_rows: int = 2,
+                   seed: int = 0, batch_size: int = 16) -> list[int]:
+    """A seeded sample of ``n`` latents of ``sae`` that fire (after BOS) in >= ``min_rows`` of
+    ``rows``. A random SAE's TopK is won by a few directions that align with the residual
+    stream's largest dimensions, so most of its latents never fire: picking latent ids blindly
+    would leave the random control empty."""
+    import torch
+
+    from .cache import encode_batch
+
+    n_rows = np.zeros(int(sae.cfg.d_sae), np.int64)
+    for b0 in range(0, len(rows), batch_size):
+        ids = torch.from_numpy(np.asarray(rows[b0:b0 + batch_size], dtype=np.int64)).to(subject.device)
+        n_rows += (encode_batch(subject, sae, hook, ids)[:, 1:] > 0).any(1).sum(0).cpu().numpy()
+    ok = np.flatnonzero(n_rows >= min_rows)
+    if ok.size == 0:
+        raise ValueError(f"No latent of the random SAE fires in {min_rows} of {len(rows)} rows: "
+                         "pass more rows (random_rows).")
+    pick = np.random.default_rng(seed).choice(ok, min(n, ok.size), replace=False)
+    return sorted(int(j) for j in pick)
 
 
 def table(run: InterventionRun):
@@ -156,12 +183,16 @@ def verdict(run: InterventionRun, *, seed: int = 0) -> str:
     cond = s["conditions"]
     lines = [f"{c}: mean {v['mean'].mean:+.3f} nats [95% CI {v['mean'].low:+.3f}, {v['mean'].high:+.3f}], "
              f"max {v['max']:+.3f} over {v['n']} latents" for c, v in cond.items()]
+    few = cond["trained"]["n"] < metrics.MIN_LATENTS_FOR_CLAIM
     for c, d in s["trained_minus"].items():
-        sep = d.low > 0
         lines.append(f"trained - {c}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]: "
-                     + ("the trained SAE's interventions are explained better than this control." if sep else
-                        "NOT distinguishable from this control on this run."))
-    if not any(d.low > 0 for d in s["trained_minus"].values()):
+                     + ("too few latents for a claim." if few else
+                        "the trained SAE's interventions are explained better than this control." if d.low > 0
+                        else "NOT distinguishable from this control on this run."))
+    if few:
+        lines.append(f"Only {cond['trained']['n']} latents were steered: a claim needs "
+                     f"{metrics.MIN_LATENTS_FOR_CLAIM} or more (raise n_latents).")
+    elif not any(d.low > 0 for d in s["trained_minus"].values()):
         lines.append("No control is beaten: with this scorer model the intervention scores are not a "
                      "finding. A larger scorer LM (scorer_model) is what the method needs; the reference "
                      "used Gemma-2-9B as subject and scorer (trained 3.37 vs random SAE 0.60, shuffled 0.51 nats, maxima).")
