@@ -153,6 +153,9 @@ def test_paired_difference_pairs_latents():
     assert c.frac_real_better == 1.0
     with pytest.raises(ValueError, match="same latents"):
         mx.paired_difference({1: 0.5}, {2: 0.5})
+    nan = float("nan")  # every answer failed: a NaN comparison with n = 0, not an exception
+    empty = mx.paired_difference({1: nan, 2: 0.5}, {1: 0.4, 2: nan})
+    assert empty.diff.n == 0 and math.isnan(empty.diff.mean) and math.isnan(empty.frac_real_better)
 
 
 def test_results_roundtrip_with_header_and_nan(tmp_path):

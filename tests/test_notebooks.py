@@ -14,6 +14,12 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "00": ["run.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/train_report.json"],
     "01": ["cache/tokens.npy", "cache/index/ptr.npy", "cache/stats.npz", "cache/summary.json"],
     "02": ["examples.jsonl", "explanations.jsonl"],
+    "03": ["scores/detection.jsonl", "scores/detection_validity.json", "scores/intruder.jsonl",
+           "scores/intruder_embedding.jsonl"],
+    "04": ["scores/fuzzing.jsonl", "scores/fuzzing_active.jsonl", "scores/simulation.jsonl"],
+    "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.json"],
+    "06": ["scores/embedding.jsonl", "scores/embedding_validity.json"],
+    "07": ["scores/intervention.jsonl"],
 }
 
 

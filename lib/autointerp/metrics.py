@@ -203,12 +203,17 @@ def curve_over_latents(curves: Iterable[Sequence[QuantilePoint]], *, measure: st
 def paired_difference(real: Mapping[int, float], control: Mapping[int, float], *,
                       n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> PairedComparison:
     """Real vs control per latent (e.g. true vs shuffled explanations): latents present and
-    non-NaN on both sides are paired; the CI resamples latents, keeping pairs together."""
-    keys = sorted(k for k in set(real) & set(control)
-                  if not (math.isnan(real[k]) or math.isnan(control[k])))
+    non-NaN on both sides are paired; the CI resamples latents, keeping pairs together. When every
+    shared latent is NaN on a side (e.g. every answer of a judge failed to parse) every field is
+    NaN and n is 0; latent sets that do not overlap at all are an error."""
+    common = set(real) & set(control)
+    if not common:
+        raise ValueError("Real and control share no latent: nothing to compare. Check that real "
+                         "and control were scored on the same latents.")
+    keys = sorted(k for k in common if not (math.isnan(real[k]) or math.isnan(control[k])))
     if not keys:
-        raise ValueError("No latent has a non-NaN value on both sides: nothing to compare. "
-                         "Check that real and control were scored on the same latents.")
+        empty = mean_ci([], n_boot=n_boot, seed=seed, level=level)
+        return PairedComparison(real=empty, control=empty, diff=empty, frac_real_better=NAN)
     r = np.array([real[k] for k in keys], float)
     c = np.array([control[k] for k in keys], float)
     return PairedComparison(real=mean_ci(r, n_boot=n_boot, seed=seed, level=level),

@@ -45,7 +45,7 @@ SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                   "demo": dict(n_latents=8, n_pos=15, n_neg=15, planted_examples=12)},
     "detection": _JUDGE,
     "fuzzing": _JUDGE,
-    "simulation": {"smoke": dict(n_latents=2, n_pos=2, n_neg=2, planted_latents=2, planted_examples=2),
+    "simulation": {"smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
                    "demo": dict(n_latents=4, n_pos=4, n_neg=4, planted_latents=4, planted_examples=3),
                    "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10)},
 }

@@ -136,7 +136,7 @@ class SimulationScorer:
     decode: Decode | None = field(default=None, repr=False)
     logprobs: bool = False  # expected levels from the served alternatives
     top_logprobs: int = 5
-    max_tokens: int | None = None  # None: 4 per token + 16
+    max_tokens: int | None = None  # None: 3 per token + 8 (a digit and ', ' per entry, with room)
     temperature: float = 0.0
     seed: int = 0
     name: str = "simulation"
@@ -215,7 +215,7 @@ class SimulationScorer:
 
     def _request(self, explanation: str, item: SimItem) -> ChatRequest:
         return ChatRequest(self.messages(explanation, item),
-                           self.max_tokens or 4 * len(item.tokens) + 16, self.temperature,
+                           self.max_tokens or 3 * len(item.tokens) + 8, self.temperature,
                            logprobs=self.logprobs,
                            top_logprobs=self.top_logprobs if self.logprobs else 0,
                            seed=self.seed, tag=self.name)
