@@ -103,3 +103,81 @@ def test_reader_errors_are_clear(tmp_path, subject, topk_sae, rows):
     reader = _build(tmp_path, subject, topk_sae, rows)
     with pytest.raises(IndexError, match="256 latents"):
         reader.latent(256)
+
+
+def _generic(sae, hidden, row0, first_pos):
+    with torch.inference_mode():
+        return cache.sparsify(sae.encode(hidden), row0, first_pos)
+
+
+@pytest.mark.parametrize("variant", ["plain", "biases", "some_negative", "rescaled"])
+def test_topk_fast_path_equals_dense_encode_and_nonzero(variant):
+    from conftest import random_topk_sae
+
+    sae = random_topk_sae(d_in=64, d_sae=512, k=16, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if variant != "plain":
+            sae.b_enc.copy_(torch.randn(512, generator=gen) * 0.5)
+            sae.b_dec.copy_(torch.randn(64, generator=gen) * 0.5)
+        if variant == "some_negative":  # top-k pre-activations below 0 are dropped by the ReLU
+            sae.b_enc.sub_(2.0)
+        if variant == "rescaled":
+            sae.W_dec.mul_(torch.rand(512, 1, generator=gen) + 0.5)
+            sae.cfg.rescale_acts_by_decoder_norm = True
+    assert cache._topk_k(sae) == 16
+    hidden = torch.randn(3, 20, 64, generator=gen)
+    fast, ref = cache.sparse_encode(sae, hidden, 40, 1), _generic(sae, hidden, 40, 1)
+    assert ref["row"].size > 0
+    if variant == "some_negative":
+        assert ref["row"].size < 3 * 19 * 16
+    for field in cache.SHARD_FIELDS:
+        assert fast[field].dtype == ref[field].dtype, field
+        assert np.array_equal(fast[field], ref[field]), field
+
+
+def test_other_saes_take_the_generic_path():
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=128)).eval()
+    assert cache._topk_k(sae) is None
+    hidden = torch.randn(2, 10, 32)
+    out, ref = cache.sparse_encode(sae, hidden, 0, 1), _generic(sae, hidden, 0, 1)
+    for field in cache.SHARD_FIELDS:
+        assert np.array_equal(out[field], ref[field]), field
+
+
+def _reference_stats(reader, top_n):
+    """The per-latent loop the vectorised stats replace."""
+    d = reader.d_sae
+    max_act, mean_act, share = np.zeros(d), np.zeros(d), np.zeros(d)
+    flat_tokens = reader.tokens.reshape(-1)
+    for j in np.flatnonzero(np.diff(reader.ptr)):
+        flat, vals = reader.latent(j)
+        max_act[j], mean_act[j] = vals.max(), vals.mean()
+        top = flat[np.argsort(-vals, kind="stable")[:top_n]]
+        share[j] = np.unique(flat_tokens[top], return_counts=True)[1].max() / top.size
+    return max_act, mean_act, share
+
+
+@pytest.mark.parametrize("top_n,chunk", [(50, 1 << 18), (3, 1 << 18), (5, 7)])
+def test_stats_equal_per_latent_reference(tmp_path, subject, topk_sae, rows, top_n, chunk):
+    reader = _build(tmp_path, subject, topk_sae, rows)
+    # Coarse fp16-like values make ties, which must go to the earlier token.
+    value = np.load(tmp_path / "index" / "value.npy", mmap_mode="r+")
+    value[:] = np.round(value * 4) / 4 + 0.25
+    del value
+    cache._write_stats(tmp_path, reader.manifest, top_n, chunk=chunk)
+    reader = cache.CacheReader(tmp_path)
+    max_act, mean_act, share = _reference_stats(reader, top_n)
+    np.testing.assert_array_equal(reader.stats.count, np.diff(reader.ptr))
+    np.testing.assert_array_equal(reader.stats.max_act, max_act.astype(np.float32))
+    np.testing.assert_allclose(reader.stats.mean_act, mean_act, rtol=1e-6)
+    np.testing.assert_array_equal(reader.stats.top_token_share, share.astype(np.float32))
+
+
+def test_stats_rebuilt_if_missing(tmp_path, subject, topk_sae, rows):
+    reader = _build(tmp_path, subject, topk_sae, rows)
+    count = reader.stats.count
+    (tmp_path / "stats.npz").unlink()  # stopped after the index, before the stats
+    np.testing.assert_array_equal(_build(tmp_path, subject, topk_sae, rows).stats.count, count)

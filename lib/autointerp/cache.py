@@ -102,7 +102,7 @@ def sae_fingerprint(sae) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(sae.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes()[:1 << 20])
+        h.update(tensor.detach().float().cpu().numpy().reshape(-1).view(np.uint8)[:1 << 20].tobytes())
     return h.hexdigest()[:16]
 
 
@@ -131,6 +131,44 @@ def sparsify(acts: torch.Tensor, row0: int, first_pos: int = 0) -> dict[str, np.
     return {"row": (b + row0).to(torch.int32).numpy(), "pos": t.to(torch.int16).numpy(),
             "latent": l.to(torch.int32).numpy(),
             "value": acts[b, t, l].to(torch.float16).numpy()}
+
+
+def _topk_k(sae) -> int | None:
+    """k if ``sae.encode`` is sae-lens's plain TopKSAE.encode (dense TopK, no post hooks), else None."""
+    from sae_lens import TopKSAE
+    from sae_lens.saes.topk_sae import TopK
+
+    act = getattr(sae, "activation_fn", None)
+    plain = (isinstance(sae, TopKSAE) and type(sae).encode is TopKSAE.encode and type(act) is TopK
+             and not act.use_sparse_activations and not sae.hook_sae_acts_post._forward_hooks)
+    return int(act.k) if plain else None
+
+
+def sparse_encode(sae, hidden: torch.Tensor, row0: int, first_pos: int = 0) -> dict[str, np.ndarray]:
+    """Shard arrays of ``sae``'s codes for [B, T, d] inputs; equal to ``sparsify(sae.encode(hidden))``.
+
+    For sae-lens TopK SAEs it runs TopKSAE.encode's own ops up to the pre-activations, then keeps
+    torch.topk's (values, indices) as they are: no dense [B, T, d_sae] scatter and nonzero scan.
+    """
+    k = _topk_k(sae)
+    with torch.inference_mode():
+        if k is None:
+            return sparsify(sae.encode(hidden.to(sae.W_enc.dtype)).cpu(), row0, first_pos)
+        pre = sae.process_sae_in(hidden) @ sae.W_enc
+        pre += sae.b_enc  # in place: the same sums as ``+ b_enc`` without a second [B,T,d_sae]
+        pre = sae.hook_sae_acts_pre(pre)
+        if sae.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * sae.W_dec.norm(dim=-1)
+        vals, idx = torch.topk(pre, k=k, dim=-1, sorted=False)
+        vals = vals[:, first_pos:].relu().cpu().numpy()
+        idx = idx[:, first_pos:].cpu().numpy()
+    order = np.argsort(idx, axis=-1)  # latents ascending within a token, as nonzero() orders them
+    lat, val = np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
+    keep = val != 0  # nonzero()'s test
+    b, t, _ = np.indices(lat.shape, sparse=True)
+    return {"row": np.broadcast_to((b + row0).astype(np.int32), lat.shape)[keep],
+            "pos": np.broadcast_to((t + first_pos).astype(np.int16), lat.shape)[keep],
+            "latent": lat[keep].astype(np.int32), "value": val[keep].astype(np.float16)}
 
 
 class ShardWriter:
@@ -174,6 +212,8 @@ def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *,
     shard_dir = cache_dir / "shards"
     todo = [i for i in range(manifest.n_shards) if not _shard_path(shard_dir, i).exists()]
     writer = ShardWriter()
+    # Per-latent counts of the shards made here spare build_index a pass (a resumed run recounts).
+    counts = np.zeros(manifest.d_sae, np.int64) if len(todo) == manifest.n_shards else None
     bar = tqdm(total=n_rows * ctx_len, unit="tok", desc="caching", disable=not progress)
     bar.update((manifest.n_shards - len(todo)) * shard_rows * ctx_len)
     try:
@@ -183,15 +223,19 @@ def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *,
             for b0 in range(lo, hi, batch_size):
                 b1 = min(b0 + batch_size, hi)
                 ids = torch.from_numpy(np.ascontiguousarray(tokens[b0:b1])).long().to(subject.device)
-                parts.append(sparsify(encode_batch(subject, sae, hook, ids).cpu(), b0, first_pos))
+                parts.append(sparse_encode(sae, hooked_output(subject, hook, ids), b0, first_pos))
                 bar.update((b1 - b0) * ctx_len)
-            writer.submit(_shard_path(shard_dir, i),
-                          {k: np.concatenate([p[k] for p in parts]) for k in SHARD_FIELDS})
+            arrays = {k: np.concatenate([p[k] for p in parts]) for k in SHARD_FIELDS}
+            if counts is not None:
+                counts += np.bincount(arrays["latent"], minlength=manifest.d_sae)
+            writer.submit(_shard_path(shard_dir, i), arrays)
         writer.join()
     finally:
         bar.close()
     if not (cache_dir / "index" / "ptr.npy").exists():
-        build_index(cache_dir, manifest)
+        build_index(cache_dir, manifest, counts=counts)
+    elif not (cache_dir / "stats.npz").exists():  # stopped between the index and the stats
+        _write_stats(cache_dir, manifest, 50)
     return CacheReader(cache_dir)
 
 
@@ -225,15 +269,17 @@ def _iter_shards(cache_dir: Path, manifest: CacheManifest) -> Iterable[dict[str,
             yield {k: z[k] for k in SHARD_FIELDS}
 
 
-def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50) -> None:
+def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50,
+                counts: np.ndarray | None = None) -> None:
     """Counting sort of all non-zeros by latent into memory-mapped arrays, then per-latent stats.
 
-    Two passes over the shards; RAM holds one shard plus O(d_sae) counters.
+    One pass over the shards given per-latent ``counts``, else two; RAM: one shard + O(d_sae).
     """
     d = manifest.d_sae
-    counts = np.zeros(d, np.int64)
-    for s in _iter_shards(cache_dir, manifest):
-        counts += np.bincount(s["latent"], minlength=d)
+    if counts is None:
+        counts = np.zeros(d, np.int64)
+        for s in _iter_shards(cache_dir, manifest):
+            counts += np.bincount(s["latent"], minlength=d)
     ptr = np.zeros(d + 1, np.int64)
     np.cumsum(counts, out=ptr[1:])
     idx_dir = cache_dir / "index"
@@ -243,8 +289,9 @@ def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50) -> No
     flat = np.lib.format.open_memmap(tmp_dir / "flat.npy", "w+", np.int64, (max(n, 1),))
     value = np.lib.format.open_memmap(tmp_dir / "value.npy", "w+", np.float16, (max(n, 1),))
     cursor = ptr[:-1].copy()
+    key_dtype = np.uint16 if d <= 1 << 16 else np.int32  # 16-bit keys get numpy's radix sort
     for s in _iter_shards(cache_dir, manifest):
-        order = np.argsort(s["latent"], kind="stable")
+        order = np.argsort(s["latent"].astype(key_dtype), kind="stable")
         lat = s["latent"][order]
         c = np.bincount(lat, minlength=d)
         starts = np.cumsum(c) - c
@@ -252,9 +299,7 @@ def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50) -> No
         flat[dest] = s["row"][order].astype(np.int64) * manifest.ctx_len + s["pos"][order]
         value[dest] = s["value"][order]
         cursor += c
-    flat.flush()
-    value.flush()
-    del flat, value
+    del flat, value  # unmapped, not msync'ed: the pages are in the page cache for any reader
     np.save(tmp_dir / "ptr.npy", ptr)
     if idx_dir.exists():
         import shutil
@@ -263,22 +308,48 @@ def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50) -> No
     _write_stats(cache_dir, manifest, top_n)
 
 
-def _write_stats(cache_dir: Path, manifest: CacheManifest, top_n: int) -> None:
+def _descending_key(v16: np.ndarray) -> np.ndarray:
+    """uint16 keys that sort float16 values as ``argsort(-v)`` does: descending, -0 == 0, NaN last."""
+    h = np.where(v16 == 0, np.uint16(0), v16.view(np.uint16))
+    key = ~np.where(h & 0x8000, ~h, h | np.uint16(0x8000))  # ~(order-preserving map of the bits)
+    key[np.isnan(v16)] = 0xFFFF
+    return key
+
+
+def _write_stats(cache_dir: Path, manifest: CacheManifest, top_n: int, chunk: int = 1 << 18) -> None:
+    """Per-latent stats from the index, vectorised over blocks of <= ``chunk`` non-zeros.
+
+    The top activations of a latent are its ``top_n`` largest values, ties to the earlier token.
+    """
     reader = CacheReader(cache_dir, load_stats=False)
-    d = manifest.d_sae
-    count = np.diff(reader.ptr)
-    max_act = np.zeros(d, np.float32)
-    mean_act = np.zeros(d, np.float32)
-    share = np.zeros(d, np.float32)
+    d, ptr = manifest.d_sae, reader.ptr
+    count = np.diff(ptr)
+    max_act, mean_act, share = (np.zeros(d, np.float32) for _ in range(3))
     flat_tokens = reader.tokens.reshape(-1)
-    for j in np.flatnonzero(count):
-        flat, vals = reader.latent(j)
-        vals = vals.astype(np.float32)
-        max_act[j] = vals.max()
-        mean_act[j] = vals.mean()
-        top = flat[np.argsort(-vals, kind="stable")[:top_n]]
-        _, freq = np.unique(flat_tokens[top], return_counts=True)
-        share[j] = freq.max() / top.size
+    j0 = 0
+    while j0 < d:  # latents [j0, j1): at most `chunk` non-zeros (or one latent), 2**16 latents
+        j1 = min(max(j0 + 1, int(np.searchsorted(ptr, ptr[j0] + chunk, "right")) - 1), j0 + (1 << 16))
+        j = np.arange(j0, j1)[count[j0:j1] > 0]
+        a, j0 = ptr[j0], j1
+        if j.size == 0:
+            continue
+        v16 = np.asarray(reader._value[a:ptr[j1]])
+        vals, c, starts = v16.astype(np.float32), count[j], ptr[j] - a
+        max_act[j] = np.maximum.reduceat(vals, starts)
+        mean_act[j] = np.add.reduceat(vals, starts, dtype=np.float64) / c
+        seg = np.repeat(np.arange(j.size, dtype=np.uint16), c)
+        order = np.lexsort((_descending_key(v16), seg))  # by latent, then value descending
+        n = np.minimum(c, top_n)
+        top_seg = np.repeat(np.arange(j.size, dtype=np.uint16), n)
+        rank = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        flat = np.asarray(reader._flat[a:ptr[j1]])
+        tok = flat_tokens[flat[order[np.repeat(starts, n) + rank]]]
+        o = np.lexsort((tok, top_seg))  # runs of equal token ids within each latent
+        tok, top_seg = tok[o], top_seg[o]
+        run = np.flatnonzero(np.r_[True, (tok[1:] != tok[:-1]) | (top_seg[1:] != top_seg[:-1])])
+        run_len = np.diff(np.r_[run, tok.size])
+        first_run = np.flatnonzero(np.r_[True, top_seg[run][1:] != top_seg[run][:-1]])
+        share[j] = np.maximum.reduceat(run_len, first_run) / n
     _save_atomic(cache_dir / "stats.npz", _npz_writer(
         {"count": count, "max_act": max_act, "mean_act": mean_act, "top_token_share": share,
          "n_tokens": np.array(manifest.n_cached_tokens)}))
