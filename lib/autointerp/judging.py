@@ -104,7 +104,7 @@ def failure_summary(results: Sequence[ScorerResult], n_show: int = 3) -> str:
     return text + (f"; for example: {'; '.join(reasons[:n_show])}." if reasons else ".")
 
 
-def per_call_cost(results: Sequence[ScorerResult]) -> dict[str, float]:
+def per_latent_cost(results: Sequence[ScorerResult]) -> dict[str, float]:
     """Prompts and tokens per latent, averaged over the given results."""
     n = max(len(results), 1)
     return {"prompts_per_latent": sum(r.usage.get("n_prompts", 0) for r in results) / n,
@@ -186,5 +186,5 @@ def write_intruder(run_dir: str | Path, name: str, real: Sequence[Any], control:
     return write_results(Path(run_dir) / "scores" / f"{name}.jsonl", head, [*real, *control])
 
 
-__all__ = ["Judge", "open_judge", "judge_settings", "usage_frame", "failure_summary", "per_call_cost",
+__all__ = ["Judge", "open_judge", "judge_settings", "usage_frame", "failure_summary", "per_latent_cost",
            "honesty_note", "intruder_figure", "intruder_summary", "write_intruder", "EMBEDDED_ALIAS"]

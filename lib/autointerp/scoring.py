@@ -36,9 +36,11 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 # Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
-# LLM judges cost one call per example on the embedded model (see judging.judge_settings).
+# LLM judges cost one call per example on the embedded model (see judging.judge_settings), ~1.5-3 s
+# each on 2 cores: the demo keeps the 5 latents a claim needs (metrics.MIN_LATENTS_FOR_CLAIM) and
+# few excerpts; a real endpoint with the full profile uses the reference's sizes.
 _JUDGE = {"smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2, n_trials=1),
-          "demo": dict(n_latents=6, n_pos=6, n_neg=6, planted_latents=6, planted_examples=5, n_trials=3),
+          "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2, n_trials=2),
           "full": dict(planted_latents=8, planted_examples=20, n_trials=10)}
 SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "surprisal": {"smoke": dict(n_pos=6, n_neg=6, planted_examples=8),
@@ -46,7 +48,7 @@ SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "detection": _JUDGE,
     "fuzzing": _JUDGE,
     "simulation": {"smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
-                   "demo": dict(n_latents=4, n_pos=4, n_neg=4, planted_latents=4, planted_examples=3),
+                   "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
                    "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10)},
 }
 
