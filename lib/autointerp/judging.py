@@ -84,17 +84,6 @@ def judge_settings(judge: Judge, n_per_prompt: int | None = None,
     return {"n_per_prompt": int(n), "logprobs": True if logprobs is None else bool(logprobs)}
 
 
-def usage_frame(results: Sequence[ScorerResult]):
-    """Per latent: prompts, failed prompts, prompt / completion tokens, responses from the cache."""
-    import pandas as pd
-
-    rows = [{"latent": r.latent, "control": r.control or "real", "prompts": r.usage.get("n_prompts"),
-             "failed prompts": r.usage.get("failed_prompts"), "prompt tokens": r.usage.get("prompt_tokens"),
-             "completion tokens": r.usage.get("completion_tokens"), "cached": r.usage.get("cached")}
-            for r in results]
-    return pd.DataFrame(rows).set_index(["latent", "control"])
-
-
 def failure_summary(results: Sequence[ScorerResult], n_show: int = 3) -> str:
     """How many prompts failed to parse, and a few of the reasons, in one paragraph."""
     n = sum(r.usage.get("n_prompts", 0) for r in results)
@@ -186,5 +175,5 @@ def write_intruder(run_dir: str | Path, name: str, real: Sequence[Any], control:
     return write_results(Path(run_dir) / "scores" / f"{name}.jsonl", head, [*real, *control])
 
 
-__all__ = ["Judge", "open_judge", "judge_settings", "usage_frame", "failure_summary", "per_latent_cost",
+__all__ = ["Judge", "open_judge", "judge_settings", "failure_summary", "per_latent_cost",
            "honesty_note", "intruder_figure", "intruder_summary", "write_intruder", "EMBEDDED_ALIAS"]

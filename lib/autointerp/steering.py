@@ -150,10 +150,9 @@ def _diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed
     """Mean of a minus mean of b with a percentile-bootstrap 95% CI (pairs resampled together
     when ``paired``, else each side on its own)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    rng = np.random.default_rng(seed)
     if paired:
-        d = a - b
-        return metrics.mean_ci(d, n_boot=n_boot, seed=seed)
+        return metrics.mean_ci(a - b, n_boot=n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
     ia = rng.integers(0, len(a), (n_boot, len(a)))
     ib = rng.integers(0, len(b), (n_boot, len(b)))
     boots = a[ia].mean(1) - b[ib].mean(1)
