@@ -402,15 +402,21 @@ def safe_url(url: str) -> str:
                        p.path, "", "", ""))
 
 
+def explicit_endpoint(base_url: str, model: str | None,
+                      api_key_env: str = "OPENAI_API_KEY") -> Endpoint:
+    """The endpoint a chapter's ``llm_base_url`` / ``llm_model`` / ``llm_api_key_env`` name."""
+    if not model:
+        raise ValueError(f"llm_base_url={base_url!r} is set but llm_model is not: name the model "
+                         "that endpoint serves (e.g. gpt-4o-mini).")
+    return Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=api_key_env)
+
+
 @contextmanager
 def llm_endpoint(base_url: str | None = None, model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", **local_kwargs: Any) -> Iterator[Endpoint]:
     """An explicit endpoint, else the environment's, else the embedded local server."""
     if base_url:
-        if not model:
-            raise ValueError(f"llm_base_url={base_url!r} is set but llm_model is not: name the model "
-                             "that endpoint serves (e.g. gpt-4o-mini).")
-        yield Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=api_key_env)
+        yield explicit_endpoint(base_url, model, api_key_env)
         return
     from .llm_server import endpoint_or_local
 

@@ -61,11 +61,10 @@ def open_judge(run_dir: str | Path, base_url: str | None = None, model: str | No
     from .llm_server import LocalServer
 
     server = None
+    from .explain import explicit_endpoint
+
     if base_url:
-        if not model:
-            raise ValueError(f"llm_base_url={base_url!r} is set but llm_model is not: name the model "
-                             "that endpoint serves (e.g. gpt-4o-mini).")
-        ep = Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=api_key_env)
+        ep = explicit_endpoint(base_url, model, api_key_env)
     else:
         ep = endpoint_from_env()
         if ep is None:

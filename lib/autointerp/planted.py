@@ -26,7 +26,7 @@ import torch
 from . import saes
 from .examples import Example
 from .metrics import MIN_LATENTS_FOR_CLAIM, _plain, auroc
-from .scorers import ExampleText, Scorer, compare, primary_metric, score_with_control
+from .scorers import ExampleText, Scorer, as_texts, compare, primary_metric, score_with_control
 
 PLANTED_JSON = "planted.json"
 SEPARATES = "separates"
@@ -308,10 +308,7 @@ def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_po
                      rows: Sequence[int] | None = None) -> dict[int, list[ExampleText]]:
     """``planted_windows`` as text (``ExampleText``, id ``"row:start"``), for text-only scorers."""
     wins = planted_windows(planted, tokens, n_pos=n_pos, n_neg=n_neg, width=width, seed=seed, rows=rows)
-    return {lat: [ExampleText(lat, f"{e.row}:{e.start}",
-                              tokenizer.decode(list(e.token_ids), skip_special_tokens=True),
-                              e.kind == "activating", e.quantile) for e in exs]
-            for lat, exs in wins.items()}
+    return {lat: as_texts(exs, tokenizer) for lat, exs in wins.items()}
 
 
 def validity_report(scorer: Scorer, planted: PlantedSet,

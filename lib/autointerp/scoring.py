@@ -20,8 +20,8 @@ import numpy as np
 
 from . import examples as ex_mod
 from . import explain, metrics
-from .scorers import (CHANCE, METRIC_LABELS, ExampleText, Scorer, ScorerResult, compare, primary_metric,
-                      score_with_control)
+from .scorers import (CHANCE, METRIC_LABELS, ExampleText, Scorer, ScorerResult, as_texts, compare,
+                      primary_metric, score_with_control)
 from .metrics import PairedComparison
 
 PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
@@ -95,12 +95,8 @@ def select_examples(lex: ex_mod.LatentExamples, *, n_pos: int | None = None,
 
 def example_texts(lex: ex_mod.LatentExamples, tokenizer, *, n_pos: int | None = None,
                   n_neg: int | None = None) -> list[ExampleText]:
-    """``select_examples`` as text: label True with its quantile for activating examples, False
-    for negatives; text = the window's token ids decoded together."""
-    return [ExampleText(lex.latent, f"{e.row}:{e.start}",
-                        tokenizer.decode(list(e.token_ids), skip_special_tokens=True),
-                        e.kind == "activating", None if e.quantile is None else int(e.quantile))
-            for e in select_examples(lex, n_pos=n_pos, n_neg=n_neg)]
+    """``select_examples`` of a latent as text (``as_texts``)."""
+    return as_texts(select_examples(lex, n_pos=n_pos, n_neg=n_neg), tokenizer)
 
 
 def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "auto",

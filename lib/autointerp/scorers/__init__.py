@@ -71,6 +71,15 @@ class Scorer(Protocol):
         ...
 
 
+def as_texts(examples: Sequence[Any], tokenizer) -> list[ExampleText]:
+    """``examples.Example`` records as ``ExampleText``: label True with its quantile for activating
+    windows, False for the rest; id ``"row:start"``; text = the token ids decoded together."""
+    return [ExampleText(e.latent, f"{e.row}:{e.start}",
+                        tokenizer.decode(list(e.token_ids), skip_special_tokens=True),
+                        e.kind == "activating", None if e.quantile is None else int(e.quantile))
+            for e in examples]
+
+
 def check_inputs(explanations: Mapping[int, str],
                  examples: Mapping[int, Sequence[ExampleText]]) -> list[int]:
     """The latents to score (sorted), after checking both mappings agree; clear errors if not."""
@@ -173,7 +182,7 @@ def results_frame(results: Sequence[ScorerResult]):
     return pd.DataFrame(rows)
 
 
-__all__ = ["ExampleText", "ScoredExample", "ScorerResult", "Scorer", "SHUFFLED", "check_inputs",
+__all__ = ["ExampleText", "ScoredExample", "ScorerResult", "Scorer", "SHUFFLED", "as_texts", "check_inputs",
            "make_result", "shuffled_explanations", "score_with_control", "by_latent", "compare",
            "primary_metric", "METRIC_LABELS", "CHANCE",
            "results_frame"]
