@@ -9,9 +9,16 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# llama-cpp-python compiles from source. A native build (-march=native) uses every instruction the
+# CPU lists, AMX included, and a VM that lists AMX without enabling it kills the server with SIGILL
+# on its first completion (seen here): build it portable (AVX2), and never from pip's wheel cache.
+LLAMA_PIN   := $(shell grep -m1 '^llama-cpp-python' requirements.txt)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install --no-cache-dir "$(LLAMA_PIN)"
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 

@@ -31,10 +31,10 @@ class _Stop(Exception):
 
 def setup(args):
     from autointerp import corpus, models, saes
-    from autointerp.config import PROFILES
+    from autointerp.config import settings
 
     subject = models.load("embedded")
-    demo = PROFILES["demo"]
+    demo = settings("run", "demo")
     packed = corpus.load_and_pack("stdlib", subject.tokenizer, demo["ctx_len"], args.tokens, 0)
     # A random control SAE costs exactly what a trained one of the same shape costs to run.
     sae = saes.random_sae(subject.hook_dim(args.hook), args.width, args.k, hook=args.hook)

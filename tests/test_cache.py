@@ -85,7 +85,7 @@ def test_top_windows_are_centred_on_the_peak(tmp_path, subject, topk_sae, rows):
     reader = _build(tmp_path, subject, topk_sae, rows)
     j = int(np.argmax(reader.stats.count))
     width = 16
-    wins = reader.top_windows(j, n=5, width=width, tokenizer=subject.tokenizer)
+    wins = reader.top_windows(j, n=5, width=width)
     assert len(wins) == 5 and [w.max_act for w in wins] == sorted((w.max_act for w in wins), reverse=True)
     for w in wins:
         assert len(w.token_ids) == width and w.acts[w.peak] == pytest.approx(w.max_act)

@@ -10,7 +10,7 @@ from autointerp import config, corpus
 
 def test_profiles_resolve_and_override(tmp_path):
     cfg = config.resolve("smoke", tmp_path, sae_k=4)
-    assert cfg.sae_k == 4 and cfg.sae_width == config.PROFILES["smoke"]["sae_width"]
+    assert cfg.sae_k == 4 and cfg.sae_width == config.SETTINGS["run"]["smoke"]["sae_width"]
     with pytest.raises(ValueError, match="Unknown profile"):
         config.resolve("huge", tmp_path)
     with pytest.raises(ValueError, match="Unknown setting"):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from fault_server import FaultServer
 
-from autointerp.examples import Example
+from autointerp.examples import TokenDecoder
 from autointerp.llm import Endpoint, LLMClient
 from autointerp.metrics import auroc
-from autointerp.scorers import ExampleText, score_with_control
-from autointerp.scorers.detection import (DetectionScorer, FuzzingScorer, list_probabilities,
-                                          parse_verdicts)
+from autointerp.records import Window
+from autointerp.scorers import run_with_control
+from autointerp.scorers.detection import DetectionScorer, list_probabilities, parse_verdicts
+from autointerp.scorers.fuzzing import FuzzingScorer
 
 VOCAB = [" the", " cat", " dog", " sat", " on", " a", " mat", " big", " ran", " home", " zzz", " qqq", " owl"]
 CAT, DOG, ZZZ, QQQ, OWL = 1, 2, 10, 11, 12
@@ -27,7 +28,7 @@ def decode(ids):
 
 
 def make_examples(latent: int, key: int, n_pos: int = 6, n_neg: int = 6, seed: int = 0,
-                  extra_neg: tuple[list[int], ...] = ()) -> list[Example]:
+                  extra_neg: tuple[list[int], ...] = ()) -> list[Window]:
     """Activating windows hold `key` (strong) next to a weak token (below the 0.3 threshold)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -36,10 +37,10 @@ def make_examples(latent: int, key: int, n_pos: int = 6, n_neg: int = 6, seed: i
         acts = [0.0] * 8
         p = 2 + i % 5
         ids[p], acts[p], acts[p - 1] = key, 4.0 + i, 0.5
-        out.append(Example(latent, i, 0, tuple(ids), tuple(acts), max(acts), i % 2, "activating"))
+        out.append(Window(latent, i, 0, tuple(ids), tuple(acts), max(acts), i % 2, "activating"))
     negs = [[int(t) for t in rng.choice(FILLER, 8)] for _ in range(n_neg)] + list(extra_neg)
     for j, ids in enumerate(negs):
-        out.append(Example(latent, 100 + j, 0, tuple(ids), (0.0,) * 8, 0.0, None, "random"))
+        out.append(Window(latent, 100 + j, 0, tuple(ids), (0.0,) * 8, 0.0, None, "random"))
     return out
 
 
@@ -127,14 +128,50 @@ def test_detection_correct_judge_gives_perfect_binary_metrics():
     assert any(q["messages"][1]["content"] in text for q in srv.requests)
 
 
-def test_text_only_examples_work_for_detection_not_fuzzing():
-    exs = [ExampleText(0, i, t, lab, 0 if lab else None)
-           for i, (t, lab) in enumerate([("a cat sat", True), ("the mat", False), ("big cat", True)])]
+class WordTokenizer:
+    """A tiny tokenizer: one id per word (with its leading space); id 0 is a special token."""
+
+    SPECIAL = "<|endoftext|>"
+
+    def __init__(self) -> None:
+        self.vocab, self.ids = [self.SPECIAL], {}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        out = []
+        for piece in re.findall(r"\s*\S+", text):
+            if piece not in self.ids:
+                self.ids[piece] = len(self.vocab)
+                self.vocab.append(piece)
+            out.append(self.ids[piece])
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(self.vocab[i] for i in ids if not (skip_special_tokens and i == 0))
+
+    def batch_decode(self, seqs) -> list[str]:
+        return [self.decode(s) for s in seqs]
+
+
+def test_windows_show_as_decoded_text_in_detection_and_non_windows_are_refused():
+    tok = WordTokenizer()
+    exs = []
+    for i, (t, lab) in enumerate([("a cat sat", True), ("the mat", False), ("big cat", True)]):
+        ids = (0, *tok.encode(t))  # a special token first: dropped from the shown text
+        acts = tuple(1.0 if lab and tok.vocab[k] == " cat" else 0.0 for k in ids)
+        exs.append(Window(0, i, 0, ids, acts, max(acts), 0 if lab else None,
+                          "activating" if lab else "random"))
     with Judge() as srv:
-        [r] = DetectionScorer(client_for(srv), n_per_prompt=2).score({0: EXPL[0]}, {0: exs})
+        scorer = DetectionScorer(client_for(srv), decode=TokenDecoder(tok), n_per_prompt=2)
+        [r] = scorer.score({0: EXPL[0]}, {0: exs})
         assert r.metrics.balanced_accuracy == 1.0
-        with pytest.raises(TypeError, match="needs examples.Example"):
-            FuzzingScorer(client_for(srv)).score({0: EXPL[0]}, {0: exs})
+        assert {e.example_id: e.text for e in r.examples} == {"0:0": "a cat sat", "1:0": "the mat",
+                                                               "2:0": "big cat"}
+        not_windows = [{"latent": 0, "text": e.text, "label": e.label} for e in r.examples]
+        with pytest.raises(TypeError, match="must be records.Window"):
+            FuzzingScorer(client_for(srv), decode=TokenDecoder(tok)).score({0: EXPL[0]}, {0: not_windows})
+        with pytest.raises(TypeError, match="must be records.Window"):
+            DetectionScorer(client_for(srv), decode=TokenDecoder(tok)).score(
+                {0: EXPL[0]}, {0: [tuple(w) for w in not_windows]})
 
 
 def test_wrong_length_and_garbage_answers_fail_their_examples_only():
@@ -214,7 +251,8 @@ def test_fuzzing_highlights():
 def test_fuzzing_correct_judge_and_shuffled_control(mode):
     with Judge() as srv:
         scorer = FuzzingScorer(client_for(srv), decode=decode, mode=mode)
-        real, control = score_with_control(scorer, EXPL, latent_examples())
+        run = run_with_control(scorer, EXPL, latent_examples())
+    real, control = run.real, run.control
     for r in real:
         assert r.scorer == "fuzzing" and r.metrics.balanced_accuracy == 1.0 and r.control is None
     for c in control:  # cat examples judged against "dog": nothing fits
@@ -233,7 +271,7 @@ def test_every_prompt_failing_counts_every_example_as_failed():
 @pytest.mark.slow
 def test_local_server_mechanics():
     """The embedded judge (SmolLM2-135M): mechanics only, its verdicts are not asserted."""
-    from autointerp.llm_server import local_server
+    from autointerp.llm import local_server
 
     exs = {0: make_examples(0, CAT, n_pos=2, n_neg=2), 1: make_examples(1, DOG, n_pos=2, n_neg=2)}
     with local_server(n_ctx=1024) as ep:

@@ -12,7 +12,8 @@ from conftest import random_topk_sae
 from fault_server import FaultServer
 
 from autointerp import cache, examples as ex, explain as xp
-from autointerp.llm import Endpoint, LLMClient
+from autointerp.llm import Endpoint, LLMClient, open_endpoint
+from autointerp.records import LatentExamples, Window
 
 SETTINGS = ex.ExampleSettings(example_ctx_len=8, n_quantiles=2, train_per_quantile=2,
                               test_per_quantile=2, n_train_negatives=2, min_examples=6,
@@ -48,7 +49,7 @@ def built(reader, latents, decoder):
     return lexs
 
 
-def window_acts(reader, latent: int, e: ex.Example) -> np.ndarray:
+def window_acts(reader, latent: int, e: Window) -> np.ndarray:
     return reader.dense_row(e.row, latent)[e.start:e.start + len(e.token_ids)]
 
 
@@ -158,9 +159,10 @@ def test_neighbours_by_decoder_cosine_and_cooccurrence(reader, latents):
 
 
 def test_examples_file_roundtrip(tmp_path, built):
-    path = ex.save(tmp_path / "examples.jsonl", built, {"settings": dataclasses.asdict(SETTINGS)})
+    path = ex.save(tmp_path / "examples.jsonl", built, settings=dataclasses.asdict(SETTINGS))
     header, back = ex.load(path)
-    assert header["header"] and back == built
+    assert header["schema"] == "autointerp.examples/1" and back == built
+    assert header["settings"]["example_ctx_len"] == SETTINGS.example_ctx_len
 
 
 # -- prompts and explainers ----------------------------------------------------------------------
@@ -225,8 +227,8 @@ def test_logit_lens_finds_a_planted_direction(subject):
     dec[3] = -dec[2]
     lens = xp.LogitLensExplainer(dec, U, scale, k=5)
     decode = ex.TokenDecoder(tok)
-    up = lens.explain(ex.LatentExamples(2, 1.0, 0), decode)
-    down = lens.explain(ex.LatentExamples(3, 1.0, 0), decode)
+    up = lens.explain(LatentExamples(2, 1.0, 0), decode)
+    down = lens.explain(LatentExamples(3, 1.0, 0), decode)
     assert up.details["promoted"][0][2] == t and '"function"' in up.text
     assert down.details["suppressed"][0][2] == t
 
@@ -255,7 +257,7 @@ def test_local_server_end_to_end_and_rerun_is_cached(tmp_path, built, subject):
     lexs = [x for x in built if not x.skipped][:2]
     decode = ex.TokenDecoder(subject.tokenizer)
     exps = [xp.LLMExplainer(max_tokens=32), xp.TopTokensExplainer()]
-    with xp.llm_endpoint(n_ctx=2048) as ep:
+    with open_endpoint(n_ctx=2048) as ep:
         first = LLMClient(ep, tmp_path / "llm_cache", concurrency=1)
         out = xp.run_explainers(lexs, exps, decode, first)
         again = LLMClient(ep, tmp_path / "llm_cache", concurrency=1)
@@ -268,13 +270,14 @@ def test_local_server_end_to_end_and_rerun_is_cached(tmp_path, built, subject):
     xp.save(tmp_path, out, explainers=exps, endpoint=ep)
     _, recs = xp.load_records(tmp_path)
     assert len(recs) == 4 and {r.model for r in recs if r.explainer == "llm"} == {ep.model}
-    assert json.loads((tmp_path / xp.RESULTS_FILE).read_text().splitlines()[0])["llm"]["model"] == ep.model
+    head = json.loads((tmp_path / "explanations.jsonl").read_text().splitlines()[0])["header"]
+    assert head["schema"] == "autointerp.explanations/1" and head["llm"]["model"] == ep.model
 
 
 def test_top_tokens_counts_the_token_at_each_peak():
     def example(ids, acts):
-        return ex.Example(0, 0, 1, tuple(ids), tuple(acts), max(acts), 0, "activating")
-    lx = ex.LatentExamples(0, 1.0, 3, train=(example([1, 2], [0.1, 0.9]), example([3, 4], [0.8, 0.2]),
+        return Window(0, 0, 1, tuple(ids), tuple(acts), max(acts), 0, "activating")
+    lx = LatentExamples(0, 1.0, 3, train=(example([1, 2], [0.1, 0.9]), example([3, 4], [0.8, 0.2]),
                                              example([5, 6], [0.0, 0.5])))
     words = {1: "a", 2: " the", 3: "the", 4: "b", 5: "c", 6: "\n"}
     got = xp.TopTokensExplainer().explain(lx, lambda ids: [words[i] for i in ids])

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from fault_server import FaultServer
 
-from autointerp.examples import Example
+from autointerp import results
 from autointerp.llm import Endpoint, LLMClient
+from autointerp.records import ScoredExample, ScorerResult, Window
+from autointerp.scorers import compare, run_with_control
 from autointerp.scorers.intruder import (MIXED, EmbeddingIntruder, IntruderScorer, build_trials,
-                                         compare_accuracy, parse_choice, score_with_mixed_control)
+                                         parse_choice)
 
 KEYS = ["cat", "dog", "owl", "fox", "bee", "ant"]
 VOCAB = [f" {w}" for w in KEYS + ["the", "sat", "on", "a", "mat", "big", "ran", "home", "zzz", "qqq"]]
@@ -26,7 +28,7 @@ def decode(ids):
 
 
 def make_examples(latent: int, n_pos: int = 9, n_neg: int = 6, seed: int = 0,
-                  extra_neg: tuple[list[int], ...] = ()) -> list[Example]:
+                  extra_neg: tuple[list[int], ...] = ()) -> list[Window]:
     """Activating windows hold the latent's key word (KEYS[latent]); quantiles 0-2."""
     rng = np.random.default_rng([seed, latent])
     out = []
@@ -34,14 +36,14 @@ def make_examples(latent: int, n_pos: int = 9, n_neg: int = 6, seed: int = 0,
         ids = [int(t) for t in rng.choice(FILLER, 8)]
         acts = [0.0] * 8
         ids[1 + i % 6], acts[1 + i % 6] = latent, 9.0 - i
-        out.append(Example(latent, i, 0, tuple(ids), tuple(acts), 9.0 - i, i // 3, "activating"))
+        out.append(Window(latent, i, 0, tuple(ids), tuple(acts), 9.0 - i, i // 3, "activating"))
     negs = [[int(t) for t in rng.choice(FILLER, 8)] for _ in range(n_neg)] + list(extra_neg)
     for j, ids in enumerate(negs):
-        out.append(Example(latent, 100 + j, 0, tuple(ids), (0.0,) * 8, 0.0, None, "random"))
+        out.append(Window(latent, 100 + j, 0, tuple(ids), (0.0,) * 8, 0.0, None, "random"))
     return out
 
 
-def all_examples(n_latents: int = 6) -> dict[int, list[Example]]:
+def all_examples(n_latents: int = 6) -> dict[int, list[Window]]:
     return {lat: make_examples(lat) for lat in range(n_latents)}
 
 
@@ -91,7 +93,7 @@ def test_trials_are_seeded_and_well_formed():
         assert all(e.latent == t.latent for e in t.shown) and set(t.sources) == {t.latent}
         act = [e for e in t.shown if e.kind == "activating"]
         assert len(set(act)) == 4 and {e.quantile for e in act} == {0, 1, 2}  # spread over bins
-        assert not t.control and len(t.ids) == 5
+        assert not t.control and len(t.ids) == 5 and t.ids == tuple(e.id for e in t.shown)
     used = Counter(e for t in trials if t.latent == 0 for e in t.shown if e.kind == "activating")
     assert len(used) == 9 and max(used.values()) - min(used.values()) <= 1  # least-used first
 
@@ -120,6 +122,8 @@ def test_trial_errors_say_what_to_change():
         build_trials(exs, n_activating=1)
     with pytest.raises(ValueError, match="belong to another latent"):
         build_trials({1: exs[0]})
+    with pytest.raises(TypeError, match="records.Window"):
+        build_trials({0: [{"latent": 0}]})
 
 
 def test_parse_choice_is_strict():
@@ -132,48 +136,88 @@ def test_parse_choice_is_strict():
         assert got is None and why in reason, (bad, reason)
 
 
-def test_judge_finds_intruders_and_mixed_control_is_chance():
+def test_judge_finds_intruders_and_mixed_control_is_chance(tmp_path):
     exs = all_examples()
     with OddJudge() as srv:
         scorer = IntruderScorer(client_for(srv), decode=decode, n_trials=20, logprobs=True)
-        real, control = score_with_mixed_control(scorer, exs)
-    assert srv.n_calls == 2 * 6 * 20  # real and control trials in one run
+        run = run_with_control(scorer, None, exs, seed=0, metric="accuracy")
+    real, control = run.real, run.control
+    assert srv.n_calls == 2 * 6 * 20  # real and control trials, one prompt each
     assert [r.latent for r in real] == [r.latent for r in control] == list(range(6))
+    trials = {(t.control, t.latent, t.index): t for t in build_trials(exs, 20, seed=0)
+              + build_trials(exs, 20, seed=0, control=True)}
     for r in real:
-        assert r.scorer == "intruder" and r.control is None and r.accuracy == 1.0
-        assert r.n_trials == 20 and r.n_failed == 0 and r.chance == pytest.approx(0.2)
-        assert r.mean_p_correct == pytest.approx(2 / 3)
+        assert isinstance(r, ScorerResult) and r.explanation == ""
+        assert r.scorer == "intruder" and r.control is None and r.metrics.accuracy == 1.0
+        assert len(r.examples) == r.details["n_trials"] == 20 and r.metrics.n_failed == 0
+        assert r.details["chance"] == pytest.approx(0.2)
+        assert r.details["mean_p_correct"] == pytest.approx(2 / 3)
         assert r.usage["prompt_hash"] == scorer.prompt_hash and r.usage["n_prompts"] == 20
-        assert all(t.guess == t.intruder and t.correct for t in r.trials)
+        assert r.usage["trial_seed"] == 0
+        assert all(t.details["guess"] == t.details["intruder"] and t.prediction == 1 for t in r.examples)
+        for e in r.examples:  # one ScoredExample per trial, laid out as the trial was built
+            t = trials[(False, r.latent, e.example_id)]
+            assert isinstance(e, ScoredExample) and e.label is True and e.quantile is None
+            assert e.details["ids"] == t.ids and e.details["sources"] == t.sources
+            assert e.details["intruder"] == t.intruder and e.score == pytest.approx(0.6 / 0.9)
+            assert e.text == "\n".join(e.details["texts"]) and len(e.details["texts"]) == 5
+    assert [e.example_id for e in real[0].examples] == list(range(20))
     assert all(c.control == MIXED for c in control)
-    acc = [c.accuracy for c in control]  # the judge answers 1: right iff the intruder came first
-    assert 0.08 < np.mean(acc) < 0.35 and np.mean([c.mean_p_correct for c in control]) < 0.4
+    acc = [c.metrics.accuracy for c in control]  # the judge answers 1: right iff the intruder came first
+    assert 0.08 < np.mean(acc) < 0.35 and np.mean([c.details["mean_p_correct"] for c in control]) < 0.4
     for c in control:
-        assert c.accuracy == pytest.approx(np.mean([t.intruder == 0 for t in c.trials]))
-    cmp = compare_accuracy(real, control, n_boot=200)
+        assert c.metrics.accuracy == pytest.approx(np.mean([t.details["intruder"] == 0 for t in c.examples]))
+        assert all(e.details["sources"] == trials[(True, c.latent, e.example_id)].sources
+                   for e in c.examples)
+    assert run.metric == "accuracy"
+    assert run.comparison == compare(real, control, "accuracy", seed=0)
+    cmp = compare(real, control, "accuracy", n_boot=200)
     assert cmp.diff.mean > 0.6 and cmp.frac_real_better == 1.0
     text = scorer.render_prompt(build_trials(exs)[0])
     assert "odd one out" in text and "Excerpt 5:" in text and "<<" not in text
+
+    # the chapter's glue: summary, figure and the scores file, from the same run
+    from autointerp import judging
+
+    summary = judging.intruder_summary("intruder", run, seed=0)
+    assert summary.startswith("intruder: accuracy 1.00 on real trials") and "0 of 240 trials" in summary
+    fig = judging.intruder_figure({"intruder": run})
+    assert [b.y[0] for b in fig.data] == pytest.approx([1.0, np.mean(acc)])
+    path = judging.write_intruder(tmp_path, "intruder", run, scorer=scorer, seed=0, n_activating=4)
+    assert path == tmp_path / "scores" / "intruder.jsonl"
+    head, recs = results.read(path, "scores")
+    assert head["schema"] == "autointerp.scores/1" and head["scorer"] == "intruder"
+    assert head["metric"] == "accuracy" and head["seed"] == 0 and head["n_activating"] == 4
+    assert head["prompt_hash"] == scorer.prompt_hash and head["settings"]["n_trials"] == 20
+    assert head["comparison"]["diff"]["mean"] == pytest.approx(run.comparison.diff.mean)
+    assert [(r["latent"], r["control"]) for r in recs] == [(r.latent, r.control) for r in [*real, *control]]
+    assert [r["metrics"]["accuracy"] for r in recs] == pytest.approx(
+        [r.metrics.accuracy for r in [*real, *control]])
 
 
 def test_unparseable_answers_fail_their_trials_only():
     exs = {0: make_examples(0, n_neg=2, extra_neg=([6, 7, ZZZ, 8, 9, 10, 11, 12], [QQQ, 7, 8, 9, 10, 11, 12, 13]))}
     with OddJudge() as srv:
-        [r] = IntruderScorer(client_for(srv), decode=decode, n_trials=8).score(exs)
-    failed = [t for t in r.trials if t.guess is None]
-    assert r.n_failed == len(failed) >= 2 and r.accuracy == 1.0 and math.isnan(r.mean_p_correct)
-    assert any("outside 1..5" in t.reason for t in failed) and any("no number" in t.reason for t in failed)
-    assert all((" zzz" in " ".join(t.texts)) or (" qqq" in " ".join(t.texts)) for t in failed)
-    assert all(t.correct is None for t in failed)
+        [r] = IntruderScorer(client_for(srv), decode=decode, n_trials=8).score(None, exs)
+    failed = [t for t in r.examples if t.details["guess"] is None]
+    assert r.metrics.n_failed == len(failed) >= 2 and r.metrics.accuracy == 1.0
+    assert math.isnan(r.details["mean_p_correct"])
+    assert any("outside 1..5" in t.details["reason"] for t in failed)
+    assert any("no number" in t.details["reason"] for t in failed)
+    assert all((" zzz" in " ".join(t.details["texts"])) or (" qqq" in " ".join(t.details["texts"]))
+               for t in failed)
+    assert all(t.prediction is None and t.score is None for t in failed)
 
 
 def test_all_failed_and_logprobs_fallback():
     with OddJudge(default=("good", "no idea")) as srv:
-        [r] = IntruderScorer(client_for(srv), decode=decode).score({0: make_examples(0)})
-    assert r.n_failed == 5 and math.isnan(r.accuracy)
+        [r] = IntruderScorer(client_for(srv), decode=decode).score(None, {0: make_examples(0)})
+    assert r.metrics.n_failed == 5 and math.isnan(r.metrics.accuracy)
     with OddJudge(default=("no_logprobs",)) as srv:
-        [r] = IntruderScorer(client_for(srv), decode=decode, logprobs=True).score({0: make_examples(0)})
-    assert r.accuracy == 1.0 and math.isnan(r.mean_p_correct) and "logprobs_fallback" in r.usage["p_unavailable"]
+        [r] = IntruderScorer(client_for(srv), decode=decode, logprobs=True).score({0: "ignored"},
+                                                                               {0: make_examples(0)})
+    assert r.metrics.accuracy == 1.0 and math.isnan(r.details["mean_p_correct"])
+    assert "logprobs_fallback" in r.usage["p_unavailable"]
 
 
 CATS = ["The cat purred softly on the warm windowsill", "My kitten chased a ball of yarn across the floor",
@@ -193,11 +237,13 @@ def test_embedding_intruder_spots_the_off_topic_window():
 
     def ex(i, s, kind):
         ids = tuple(words.index(w) for w in s.split())
-        return Example(0, i, 0, ids, (1.0,) * len(ids), 1.0, i % 2 if kind == "activating" else None, kind)
+        return Window(0, i, 0, ids, (1.0,) * len(ids), 1.0, i % 2 if kind == "activating" else None, kind)
 
     exs = {0: [ex(i, s, "activating") for i, s in enumerate(CATS)]
            + [ex(100 + j, s, "random") for j, s in enumerate(TAXES)]}
-    [r] = EmbeddingIntruder(decode=dec, n_trials=6).score(exs)
-    assert r.scorer == "intruder_embedding" and r.accuracy == 1.0 and r.mean_p_correct == 1.0
-    assert r.n_trials == 6 and r.n_failed == 0 and r.usage["n_texts_embedded"] == 12
-    assert len({t.intruder for t in r.trials}) > 1
+    [r] = EmbeddingIntruder(decode=dec, n_trials=6).score(None, exs)
+    assert r.scorer == "intruder_embedding" and r.metrics.accuracy == 1.0
+    assert r.details["mean_p_correct"] == 1.0 and all(e.score == 1.0 for e in r.examples)
+    assert r.details["n_trials"] == len(r.examples) == 6 and r.metrics.n_failed == 0
+    assert r.usage["n_texts_embedded"] == 12
+    assert len({t.details["intruder"] for t in r.examples}) > 1

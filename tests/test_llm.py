@@ -186,10 +186,23 @@ def test_endpoint_from_env(monkeypatch):
     assert ep == Endpoint("https://openrouter.ai/api/v1", "some/model", "OPENROUTER_API_KEY", 0.15,
                           None, False)
     assert not ep.is_local
-    from autointerp.llm_server import endpoint_or_local, running_servers
+    from autointerp.llm import open_endpoint, running_servers
 
-    with endpoint_or_local() as got:  # configured: no local server is started
+    with open_endpoint() as got:  # configured: no local server is started
         assert got == ep and running_servers() == []
+    with open_endpoint("http://127.0.0.1:9/v1", "explicit", "MY_KEY") as got:  # explicit wins
+        assert (got.base_url, got.model, got.api_key_env) == ("http://127.0.0.1:9/v1", "explicit", "MY_KEY")
+    with pytest.raises(ValueError, match="llm_model is not"):
+        with open_endpoint("http://127.0.0.1:9/v1"):
+            pass
+    monkeypatch.setenv("AUTOINTERP_LLM_LISTS", "0")
+    monkeypatch.setenv("AUTOINTERP_LLM_CONTEXT", "8192")
+    caps = endpoint_from_env()
+    assert not caps.lists and caps.context_tokens == 8192 and not caps.embedded
+    monkeypatch.setenv("AUTOINTERP_LLM_LISTS", "maybe")
+    with pytest.raises(ValueError, match="AUTOINTERP_LLM_LISTS='maybe': use 1 or 0"):
+        endpoint_from_env()
+    monkeypatch.delenv("AUTOINTERP_LLM_LISTS")
     monkeypatch.delenv("OPENAI_BASE_URL")
     with pytest.raises(ValueError, match="no base URL"):
         endpoint_from_env()
@@ -205,12 +218,14 @@ def test_local_endpoint_without_key_gets_a_dummy(monkeypatch):
 
 @pytest.mark.slow
 def test_local_llama_server_chat_and_logprobs(tmp_path):
-    from autointerp.llm_server import local_server, running_servers
+    from autointerp.llm import local_server, running_servers
 
     with local_server(n_ctx=1024) as ep:
         [srv] = running_servers()
         pid = srv.pid
         assert ep.base_url == f"http://127.0.0.1:{srv.port}/v1" and ep.supports_logprobs
+        # the server says what its model can do: the embedded 135M model cannot answer lists
+        assert ep.embedded and not ep.lists and ep.context_tokens == 1024
         client = LLMClient(ep, tmp_path, timeout_s=60, max_tries=2)
         r_lp, r_plain = client.run([
             ChatRequest(messages=(("user", "Name one colour."),), max_tokens=6, logprobs=True,
@@ -228,7 +243,7 @@ def test_local_llama_server_chat_and_logprobs(tmp_path):
 
 
 def test_local_server_that_dies_reports_its_log(tmp_path):
-    from autointerp.llm_server import local_server, running_servers
+    from autointerp.llm import local_server, running_servers
 
     bogus = tmp_path / "not-a-model.gguf"
     bogus.write_bytes(b"this is not a gguf file")

@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
 from autointerp import metrics as mx
-from autointerp.scorers import (ExampleText, ScoredExample, Scorer, check_inputs, compare,
-                                make_result, results_frame, score_with_control,
-                                shuffled_explanations)
+from autointerp import results
+from autointerp.records import Window, window_text
+from autointerp.scorers import (ScoredExample, Scorer, check_inputs, compare, make_result,
+                                results_frame, run_with_control, shuffled_explanations)
 
 # -- known-meaning latents ----------------------------------------------------------------------
 TOPICS = {
@@ -61,11 +63,44 @@ TOPICS = {
 EXPLANATIONS = {lat: t[0] for lat, t in TOPICS.items()}
 
 
-def topic_examples(per_class: int = 6) -> dict[int, list[ExampleText]]:
+class WordTokenizer:
+    """A tiny tokenizer: one id per word (with its leading space), the vocabulary grown on use."""
+
+    def __init__(self) -> None:
+        self.vocab: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        out = []
+        for piece in re.findall(r"\s*\S+", text):
+            if piece not in self.ids:
+                self.ids[piece] = len(self.vocab)
+                self.vocab.append(piece)
+            out.append(self.ids[piece])
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+
+WORDS = WordTokenizer()
+
+
+def topic_window(lat: int, row: int, text: str, label: bool, quantile: int | None, tokenizer) -> Window:
+    """A window whose token ids decode (``records.window_text``) to exactly ``text``."""
+    ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+    acts = (1.0 if label else 0.0,) * len(ids)
+    w = Window(lat, row, 0, ids, acts, max(acts), quantile, "activating" if label else "random")
+    assert window_text(w, tokenizer) == text
+    return w
+
+
+def topic_examples(per_class: int = 6, tokenizer=WORDS) -> dict[int, list[Window]]:
+    """Per latent: activating windows (rows 0..) on its topic, negatives (rows 100..) off it."""
     out = {}
     for lat, (_, pos, neg) in TOPICS.items():
-        exs = [ExampleText(lat, f"p{i}", t, True, i % 3) for i, t in enumerate(pos[:per_class])]
-        exs += [ExampleText(lat, f"n{i}", t, False, None) for i, t in enumerate(neg[:per_class])]
+        exs = [topic_window(lat, i, t, True, i % 3, tokenizer) for i, t in enumerate(pos[:per_class])]
+        exs += [topic_window(lat, 100 + i, t, False, None, tokenizer) for i, t in enumerate(neg[:per_class])]
         out[lat] = exs
     return out
 
@@ -164,8 +199,12 @@ def test_results_roundtrip_with_header_and_nan(tmp_path):
     r1 = make_result(3, "toy", "expl", exs, usage={"seconds": 1.0})
     all_pos = [dataclasses.replace(e, latent=4, label=True, quantile=0) for e in exs]
     r2 = make_result(4, "toy", "other", all_pos, control="shuffled")
-    path = mx.write_results(tmp_path / "r.jsonl", {"scorer": "toy", "seed": 0}, [r1, r2])
-    header, df = mx.read_results(path)
+    path = results.write(tmp_path / "r.jsonl", "scores", [r1, r2], scorer="toy", seed=0)
+    header, recs = results.read(path, kind="scores")
+    assert header["schema"] == "autointerp.scores/1" and header["seed"] == 0
+    assert [r["latent"] for r in recs] == [3, 4] and recs[1]["metrics"]["auroc"] is None  # NaN -> null
+    df = results.frame(path)
+    assert df.attrs["header"] == header
     assert header["scorer"] == "toy" and "packages" in header["provenance"]
     assert list(df["latent"]) == [3, 4] and df.loc[0, "metrics.auroc"] == 1.0
     assert math.isnan(df.loc[1, "metrics.auroc"]) and df.loc[1, "control"] == "shuffled"
@@ -174,7 +213,11 @@ def test_results_roundtrip_with_header_and_nan(tmp_path):
     assert list(table.columns[:4]) == ["latent", "scorer", "control", "explanation"]
     (tmp_path / "bad.jsonl").write_text('{"latent": 1}\n')
     with pytest.raises(ValueError, match="header"):
-        mx.read_results(tmp_path / "bad.jsonl")
+        results.read(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="header"):
+        results.frame(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="not 'validity'"):
+        results.read(path, kind="validity")
 
 
 # -- interface ------------------------------------------------------------------------------------
@@ -207,7 +250,7 @@ def test_check_inputs_names_what_is_wrong():
 def test_embedding_ranks_the_true_explanation_above_wrong_ones():
     from autointerp.scorers.embedding import EmbeddingScorer, score_one
 
-    scorer = EmbeddingScorer(progress=False)
+    scorer = EmbeddingScorer(WORDS, progress=False)
     assert isinstance(scorer, Scorer)
     exs = topic_examples()
     true = {r.latent: r.metrics.auroc for r in scorer.score(EXPLANATIONS, exs)}
@@ -248,7 +291,8 @@ def test_surprisal_cached_prefix_equals_uncached_forward(surprisal):
 
 @pytest.mark.slow
 def test_surprisal_prefers_true_explanations_to_shuffled(surprisal):
-    real, control = score_with_control(surprisal, EXPLANATIONS, topic_examples(5), seed=0)
+    run = run_with_control(surprisal, EXPLANATIONS, topic_examples(5, surprisal.tokenizer), seed=0)
+    real, control = run.real, run.control
     assert [r.control for r in control] == ["shuffled"] * 3
     assert all(r.explanation != EXPLANATIONS[r.latent] for r in control)
     c = compare(real, control, n_boot=200)

@@ -7,18 +7,18 @@ import json
 import nbformat
 import pytest
 
-from autointerp import run
+from autointerp import results, run
 
 NOTEBOOKS = run.notebooks()
 EXPECTED = {  # files a chapter must leave in the run directory
     "00": ["run.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/train_report.json"],
     "01": ["cache/tokens.npy", "cache/index/ptr.npy", "cache/stats.npz", "cache/summary.json"],
     "02": ["examples.jsonl", "explanations.jsonl"],
-    "03": ["scores/detection.jsonl", "scores/detection_validity.json", "scores/intruder.jsonl",
+    "03": ["scores/detection.jsonl", "scores/detection_validity.jsonl", "scores/intruder.jsonl",
            "scores/intruder_embedding.jsonl"],
     "04": ["scores/fuzzing.jsonl", "scores/fuzzing_active.jsonl", "scores/simulation.jsonl"],
-    "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.json"],
-    "06": ["scores/embedding.jsonl", "scores/embedding_validity.json"],
+    "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
+    "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
 }
 
@@ -48,6 +48,19 @@ def test_notebook_executes_on_smoke_profile(notebook, run_dir):
     assert not errors
     for rel in EXPECTED.get(notebook.name[:2], []):
         assert (run_dir / rel).exists(), f"{notebook.name} did not write {rel}"
+    check_results_files(run_dir)
     if notebook.name.startswith("00"):
         cfg = json.loads((run_dir / "run.json").read_text())
         assert cfg["config"]["profile"] == "smoke" and cfg["provenance"]["packages"]["torch"]
+
+
+def check_results_files(run_dir) -> None:
+    """Every results file the run has written so far reads with the one reader, names its schema
+    and loads into pandas in one call."""
+    files = sorted(run_dir.glob("*.jsonl")) + sorted((run_dir / "scores").glob("*.jsonl"))
+    for path in files:
+        header, records = results.read(path)
+        assert header["schema"] == results.schema_id(header["kind"]), path
+        assert header["provenance"]["packages"]["torch"], path
+        assert len(results.frame(path)) == len(records), path
+    assert not list(run_dir.rglob("*.tmp")), "a write was left half-done"

@@ -91,7 +91,9 @@ def test_fit_probe_on_separable_data():
 
 
 def test_examples_follow_the_concept(subject, tokens, built):
-    ex = pl.planted_examples(built, tokens, subject.tokenizer, n_pos=10, n_neg=10, width=16)
+    from autointerp.records import window_text
+
+    ex = pl.planted_windows(built, tokens, n_pos=10, n_neg=10, width=16)
     assert sorted(ex) == [p.latent for p in built.latents]
     for p in built.latents:
         pos = [e for e in ex[p.latent] if e.label]
@@ -100,17 +102,18 @@ def test_examples_follow_the_concept(subject, tokens, built):
         assert all(e.quantile == 0 for e in pos) and all(e.quantile is None for e in neg)
         if p.concept.startswith("word:"):
             word = p.concept.removeprefix("word:").lower()
-            assert all(word in e.text.lower() for e in pos), p.concept
+            assert all(word in window_text(e, subject.tokenizer).lower() for e in pos), p.concept
+        assert all(e.source == "planted" for e in ex[p.latent])
         for e in neg:  # the window itself holds none of the concept's tokens
-            r, s = map(int, str(e.example_id).split(":"))
+            r, s = map(int, e.id.split(":"))
             assert not np.isin(tokens[r, s:s + 16], p.token_ids).any()
 
 
 def test_validity_report_embedding_separates(subject, tokens, built):
     from autointerp.scorers.embedding import EmbeddingScorer
 
-    ex = pl.planted_examples(built, tokens, subject.tokenizer, n_pos=20, n_neg=20, seed=0)
-    rep = pl.validity_report(EmbeddingScorer(progress=False), built, ex, seed=0)
+    ex = pl.planted_windows(built, tokens, n_pos=20, n_neg=20, seed=0)
+    rep = pl.validity_report(EmbeddingScorer(subject.tokenizer, progress=False), built, ex, seed=0)
     assert rep["scorer"] == "embedding" and rep["n_latents"] == len(built.latents)
     assert rep["true_auroc"] > rep["shuffled_auroc"]
     assert rep["diff_ci"][0] > 0, rep["summary"]
@@ -134,10 +137,10 @@ def test_pipeline_caches_the_planted_sae(subject, tokens, built, tmp_path):
 
 def test_planted_windows_mark_exactly_the_concept_tokens(built, tokens, subject):
     wins = pl.planted_windows(built, tokens, n_pos=5, n_neg=5, width=16, seed=1)
-    texts = pl.planted_examples(built, tokens, subject.tokenizer, n_pos=5, n_neg=5, width=16, seed=1)
+    again = pl.planted_windows(built, tokens, n_pos=5, n_neg=5, width=16, seed=1)
     for p in built.latents:
         exs = wins[p.latent]
-        assert [f"{e.row}:{e.start}" for e in exs] == [t.example_id for t in texts[p.latent]]
+        assert [e.id for e in exs] == [e.id for e in again[p.latent]]  # seeded: the same windows
         for e in exs:
             assert len(e.token_ids) == len(e.acts) == 16
             hit = [float(t in p.token_ids) for t in e.token_ids]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fault_server import FaultServer
 
-from autointerp.examples import Example
 from autointerp.llm import Endpoint, LLMClient
-from autointerp.scorers import ExampleText, score_with_control
+from autointerp.records import Window
+from autointerp.scorers import run_with_control
 from autointerp.scorers.simulation import (SimulationScorer, expected_level, expected_levels,
                                            parse_levels, pearson)
 
@@ -32,7 +32,7 @@ def decode(ids):
 
 
 def make_examples(latent: int, key: int, other: int, n_pos: int = 5, n_neg: int = 5, seed: int = 0,
-                  extra_neg: tuple[list[int], ...] = ()) -> list[Example]:
+                  extra_neg: tuple[list[int], ...] = ()) -> list[Window]:
     """Activating windows: `key` at act 5.0, all else 0. Every other negative holds `other`."""
     rng = np.random.default_rng(seed)
     out = []
@@ -40,12 +40,12 @@ def make_examples(latent: int, key: int, other: int, n_pos: int = 5, n_neg: int 
         ids = [int(t) for t in rng.choice(FILLER, 8)]
         acts = [0.0] * 8
         ids[1 + i % 6], acts[1 + i % 6] = key, 5.0
-        out.append(Example(latent, i, 0, tuple(ids), tuple(acts), 5.0, i % 2, "activating"))
+        out.append(Window(latent, i, 0, tuple(ids), tuple(acts), 5.0, i % 2, "activating"))
     negs = [[int(t) for t in rng.choice(FILLER, 8)] for _ in range(n_neg)]
     for j in range(0, n_neg, 2):
         negs[j][3] = other
     for j, ids in enumerate(negs + list(extra_neg)):
-        out.append(Example(latent, 100 + j, 0, tuple(ids), (0.0,) * len(ids), 0.0, None, "random"))
+        out.append(Window(latent, 100 + j, 0, tuple(ids), (0.0,) * len(ids), 0.0, None, "random"))
     return out
 
 
@@ -136,8 +136,9 @@ def test_perfect_rule_correlation_and_auroc_one_run():
 
 def test_shuffled_explanations_score_lower():
     with SimJudge() as srv:
-        real, control = score_with_control(SimulationScorer(client_for(srv), decode=decode),
-                                           EXPL, latent_examples())
+        run = run_with_control(SimulationScorer(client_for(srv), decode=decode),
+                               EXPL, latent_examples())
+    real, control = run.real, run.control
     for r, c in zip(real, control):
         assert c.control == "shuffled" and c.explanation != r.explanation
         assert c.metrics.correlation < 0 < r.metrics.correlation == pytest.approx(1.0)
@@ -198,8 +199,8 @@ def test_correlation_nan_and_refusals():
     with SimJudge(script=[("good", "[0]"), ("good", "[0]")]) as srv:  # 2 of 3 fail
         [r] = SimulationScorer(client_for(srv), decode=decode).score({0: EXPL[0]}, {0: exs})
     assert r.metrics.n_failed == 2 and math.isnan(r.metrics.correlation)
-    texts = [ExampleText(0, 0, "a cat", True, 0), ExampleText(0, 1, "a mat", False)]
-    with pytest.raises(TypeError, match="ExampleText has no token ids"):
+    texts = [{"latent": 0, "text": "a cat", "label": True}, (0, 1, "a mat", False)]  # not Windows
+    with pytest.raises(TypeError, match="must be records.Window"):
         SimulationScorer(None, decode=decode).score({0: EXPL[0]}, {0: texts})
     with pytest.raises(ValueError, match="latent_max has no entry for latent 0"):
         SimulationScorer(None, decode=decode, latent_max={1: 3.0}).score({0: EXPL[0]}, {0: exs})
@@ -211,5 +212,5 @@ def test_latent_max_sets_the_true_scale():
     exs = make_examples(0, CAT, DOG)
     items = SimulationScorer(None, decode=decode, latent_max={0: 10.0}).items(0, exs)
     assert max(items[0].true_levels) == 5 and min(items[0].true_levels) == 0
-    neg = Example(0, 9, 0, (0, 3), (-2.0, 1.0), 1.0, 0, "activating")
+    neg = Window(0, 9, 0, (0, 3), (-2.0, 1.0), 1.0, 0, "activating")
     assert SimulationScorer(None, decode=decode).items(0, [neg])[0].true_levels == (0, 10)

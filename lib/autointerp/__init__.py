@@ -1,16 +1,19 @@
 """autointerp: automated interpretability of language-model features, one notebook per stage.
 
-Stages are submodules, imported on first use (``import autointerp as ai; ai.cache``):
-config, models, corpus, saes, cache, llm, examples, explain, scorers, metrics, alignment, widgets.
+Modules are imported on first use (``import autointerp as ai; ai.cache``). The pipeline's
+stages: models, corpus, saes, cache, examples, explain, scorers, planted. The shape they share:
+config (the settings table), rundir (the run-directory layout), records (what flows between
+stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
+Chapter glue: chapter (a chapter's preamble), scoring, judging, steering, widgets, run.
 """
 from __future__ import annotations
 
 import importlib
 
 __version__ = "0.1.0"
-_STAGES = {"config", "paths", "models", "corpus", "saes", "cache", "llm", "llm_server", "examples",
-           "planted", "scoring",
-           "explain", "scorers", "metrics", "alignment", "widgets", "run"}
+_STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
+           "examples", "explain", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
+           "judging", "steering", "widgets", "run"}
 
 
 def __getattr__(name: str):

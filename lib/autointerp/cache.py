@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .records import ACTIVATING, Window
+
 SHARD_FIELDS = ("row", "pos", "latent", "value")
 
 
@@ -401,8 +403,9 @@ class CacheReader:
         out[flat[mask] % self.ctx_len] = vals[mask]
         return out
 
-    def top_windows(self, j: int, n: int = 10, width: int = 32, tokenizer=None) -> list["Window"]:
-        """The n most activating windows of latent j (one per row), peak ~3/4 in, BOS left out."""
+    def top_windows(self, j: int, n: int = 10, width: int = 32) -> list[Window]:
+        """The n most activating windows of latent j (one per row, ``records.Window``), peak
+        ~3/4 in, BOS left out."""
         flat, vals = self.latent(j)
         if flat.size == 0:
             return []
@@ -420,29 +423,10 @@ class CacheReader:
             start = min(max(pos - (3 * width) // 4, lo), max(self.ctx_len - width, 0))
             dense = self.dense_row(row, j)[start:start + width]
             toks = self.tokens[row, start:start + width]
-            text = [tokenizer.decode([int(t)]) for t in toks] if tokenizer is not None else None
-            wins.append(Window(latent=j, row=row, start=start, peak=pos - start,
-                               token_ids=tuple(int(t) for t in toks),
-                               acts=tuple(float(a) for a in dense),
-                               tokens=tuple(text) if text else None))
+            acts = tuple(float(a) for a in dense)
+            wins.append(Window(latent=j, row=row, start=start, token_ids=tuple(int(t) for t in toks),
+                               acts=acts, max_act=max(acts), quantile=None, kind=ACTIVATING))
         return wins
-
-
-@dataclass(frozen=True)
-class Window:
-    """A slice of one row with the latent's activation on each token."""
-
-    latent: int
-    row: int
-    start: int
-    peak: int  # index of the max activation inside the window
-    token_ids: tuple[int, ...]
-    acts: tuple[float, ...]
-    tokens: tuple[str, ...] | None = None
-
-    @property
-    def max_act(self) -> float:
-        return max(self.acts)
 
 
 def for_run(cfg, subject, sae, packed, progress: bool = True) -> CacheReader:

@@ -1,20 +1,24 @@
-"""Run settings: one frozen dataclass, three profiles, and the run-directory layout.
+"""Settings: THE table of every stage's profile defaults, one resolver, and the run's config.
 
 A profile is a coherent set of defaults (``smoke`` for tests, ``demo`` for the README's main
 command, ``full`` for paper scale on a GPU). Every knob can be overridden one by one; ``None``
-means "take the profile's value". The resolved settings are written to ``run.json`` in the run
-directory, and later notebooks read them from there.
+means "take the profile's value". ``settings(section, profile, **overrides)`` resolves one stage;
+``python -m autointerp.config --profile demo`` prints every stage's resolved settings. The run's
+own settings (``RunConfig``: model, corpus, hook, SAE, cache) are written to ``run.json`` by
+notebook 00, and later notebooks read them from there.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .paths import data_dir
+from .results import write_json
+from .rundir import RunDir
 
 EMBEDDED_MODEL = "embedded"
 
@@ -45,37 +49,156 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @property
-    def path(self) -> "RunDir":
+    def path(self) -> RunDir:
         return RunDir(Path(self.run_dir))
 
+    @property
+    def sae_spec(self) -> str:
+        """What ``saes.load`` takes for this run: the run's own SAE folder when it trained one."""
+        return str(self.path.sae_dir) if self.sae == "train" else self.sae
 
-PROFILES: dict[str, dict[str, Any]] = {
-    # What the tests run: every notebook in minutes on 2 cores; numbers mean little.
-    "smoke": dict(sae_width=512, sae_k=16, train_tokens=16_384, train_batch_tokens=256,
-                  ctx_len=64, n_tokens=8_192, batch_size=16, shard_rows=32),
-    # The README's main command: a 2-core laptop, big enough that the figures mean something.
-    "demo": dict(sae_width=2048, sae_k=32, train_tokens=200_000, train_batch_tokens=512,
-                 ctx_len=128, n_tokens=200_000, batch_size=16, shard_rows=256),
-    # Paper scale: a GPU, a hub model and a pretrained SAE (change model/sae/hook to taste).
-    "full": dict(model="google/gemma-2-9b", hook="model.layers.32",
-                 sae="sae-lens:gemma-scope-9b-pt-res-canonical/layer_32/width_131k/canonical",
-                 corpus="hf:EleutherAI/fineweb-edu-dedup-10b:train", sae_width=131072, sae_k=64,
-                 ctx_len=256, n_tokens=10_000_000, batch_size=32, shard_rows=4096,
-                 device="cuda", dtype="bfloat16"),
+
+PROFILE_NAMES = ("smoke", "demo", "full")
+
+# THE settings table: every profile default of every stage and scorer, a section per stage.
+# In each section "all" holds what every profile shares, then one entry per profile overrides it;
+# a scorer section also inherits the "scoring" section (``PARENT``). ``settings(section, profile,
+# **overrides)`` resolves one section; ``python -m autointerp.config --profile demo`` prints all.
+# smoke: what the tests run (every notebook in minutes on 2 cores; numbers mean little).
+# demo: the README's main command (a 2-core laptop, big enough that the figures mean something).
+# full: paper scale (a GPU, a hub model and a pretrained SAE; change model/sae/hook to taste).
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    # notebook 00/01: subject model, corpus, SAE and cache (RunConfig; saved in run.json)
+    "run": {
+        "smoke": dict(sae_width=512, sae_k=16, train_tokens=16_384, train_batch_tokens=256,
+                      ctx_len=64, n_tokens=8_192, batch_size=16, shard_rows=32),
+        "demo": dict(sae_width=2048, sae_k=32, train_tokens=200_000, train_batch_tokens=512,
+                     ctx_len=128, n_tokens=200_000, batch_size=16, shard_rows=256),
+        "full": dict(model="google/gemma-2-9b", hook="model.layers.32",
+                     sae="sae-lens:gemma-scope-9b-pt-res-canonical/layer_32/width_131k/canonical",
+                     corpus="hf:EleutherAI/fineweb-edu-dedup-10b:train", sae_width=131072, sae_k=64,
+                     ctx_len=256, n_tokens=10_000_000, batch_size=32, shard_rows=4096,
+                     device="cuda", dtype="bfloat16"),
+    },
+    # notebook 02: example windows (examples.ExampleSettings; smoke has ~250 windows per latent
+    # at most, and the 135M local explainer reads short prompts best; full is the reference)
+    "examples": {
+        "smoke": dict(n_quantiles=4, train_per_quantile=2, test_per_quantile=3, min_examples=20),
+        "demo": dict(n_quantiles=10, train_per_quantile=2, test_per_quantile=5, min_examples=100),
+        "full": dict(n_quantiles=10, train_per_quantile=4, test_per_quantile=5, min_examples=200),
+    },
+    # notebook 02: explainers (latents to explain, reply budget of the LLM explainers)
+    "explain": {
+        "smoke": dict(n_latents=4, max_tokens=48),
+        "demo": dict(n_latents=16, max_tokens=64),
+        "full": dict(n_latents=200, max_tokens=200),
+    },
+    # notebooks 03-06, shared: latents to score, test examples per latent, planted-control size
+    "scoring": {
+        "smoke": dict(n_latents=4, n_pos=10, n_neg=10, planted_tokens=4096, planted_examples=10),
+        "demo": dict(n_latents=16, n_pos=25, n_neg=25, planted_tokens=16384, planted_examples=20),
+        "full": dict(n_latents=200, n_pos=50, n_neg=50, planted_tokens=65536, planted_examples=50),
+    },
+    # Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
+    "surprisal": {
+        "smoke": dict(n_pos=6, n_neg=6, planted_examples=8),
+        "demo": dict(n_latents=8, n_pos=15, n_neg=15, planted_examples=12),
+    },
+    "embedding": {},
+    # LLM judges cost one call per example on an endpoint that cannot answer lists (the embedded
+    # model), ~1.5-3 s each on 2 cores: the demo keeps the 5 latents a claim needs
+    # (metrics.MIN_LATENTS_FOR_CLAIM) and few excerpts; a real endpoint with the full profile uses
+    # the reference's sizes. n_trials: intruder trials per latent (chapter 03).
+    "detection": {
+        "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2, n_trials=1),
+        "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2, n_trials=2),
+        "full": dict(planted_latents=8, planted_examples=20, n_trials=10),
+    },
+    "fuzzing": {
+        "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2),
+        "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2),
+        "full": dict(planted_latents=8, planted_examples=20),
+    },
+    "simulation": {
+        "smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
+        "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
+        "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
+    },
+    # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
+    # forwards, rows of the corpus the random SAE's prompts come from
+    "intervention": {
+        "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32),
+        "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96),
+        "full": dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14,
+                     random_rows=2048),
+    },
 }
+PARENT = {"surprisal": "scoring", "embedding": "scoring", "detection": "scoring",
+          "fuzzing": "scoring", "simulation": "scoring"}
+# Sections whose keys are a dataclass's fields (the dataclass holds the reference defaults).
+_SCHEMA = {"run": "autointerp.config:RunConfig", "examples": "autointerp.examples:ExampleSettings"}
+
+
+def _schema(section: str):
+    if section not in _SCHEMA:
+        return None
+    import importlib
+
+    mod, name = _SCHEMA[section].split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"Unknown profile {profile!r}; choose one of {list(PROFILE_NAMES)}.")
+
+
+def known_settings(section: str) -> list[str]:
+    """Every setting a section knows (its table keys and, for dataclass sections, the fields)."""
+    if section not in SETTINGS:
+        raise ValueError(f"Unknown settings section {section!r}; sections: {list(SETTINGS)}.")
+    keys = {k for s in (PARENT.get(section), section) if s for p in SETTINGS[s].values() for k in p}
+    schema = _schema(section)
+    if schema is not None:
+        keys |= {f.name for f in dataclasses.fields(schema)} - {"profile", "run_dir"}
+    return sorted(keys)
+
+
+def settings(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
+    """One section's settings for a profile: its parent's ("scoring" for a scorer), then its own
+    ("all", then the profile's), then every override that is not None. Unknown names are an error."""
+    _check_profile(profile)
+    known = known_settings(section)
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown setting(s) {unknown} for {section}; known: {known}.")
+    out: dict[str, Any] = {}
+    for s in (PARENT.get(section), section):
+        if s:
+            out.update(SETTINGS[s].get("all", {}))
+            out.update(SETTINGS[s].get(profile, {}))
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def resolved(profile: str) -> dict[str, dict[str, Any]]:
+    """Every section fully resolved for a profile (dataclass defaults included): what it means."""
+    out = {}
+    for section in SETTINGS:
+        values = settings(section, profile)
+        schema = _schema(section)
+        if schema is not None:
+            defaults = {f.name: f.default for f in dataclasses.fields(schema)
+                        if f.default is not dataclasses.MISSING and f.name not in ("profile", "run_dir")}
+            values = {**defaults, **values}
+        out[section] = values
+    return out
 
 
 def resolve(profile: str = "demo", run_dir: str | os.PathLike | None = None,
             **overrides: Any) -> RunConfig:
     """Profile defaults, then every override that is not None; validated."""
-    if profile not in PROFILES:
-        raise ValueError(f"Unknown profile {profile!r}; choose one of {sorted(PROFILES)}.")
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"Unknown setting(s) {unknown}; known settings: {sorted(known)}.")
-    values: dict[str, Any] = dict(PROFILES[profile])
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = settings("run", profile, **overrides)
     if run_dir is None:
         run_dir = data_dir() / "runs" / profile
     cfg = RunConfig(profile=profile, run_dir=str(Path(run_dir).resolve()), **values)
@@ -89,23 +212,6 @@ def _validate(cfg: RunConfig) -> None:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
     if cfg.n_tokens < cfg.ctx_len:
         raise ValueError(f"n_tokens ({cfg.n_tokens}) must be at least ctx_len ({cfg.ctx_len}).")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """The layout of one run directory; every stage reads and writes here."""
-
-    root: Path
-    config_file: Path = field(init=False)
-    sae_dir: Path = field(init=False)
-    cache_dir: Path = field(init=False)
-    notebooks_dir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "config_file", self.root / "run.json")
-        object.__setattr__(self, "sae_dir", self.root / "sae")
-        object.__setattr__(self, "cache_dir", self.root / "cache")
-        object.__setattr__(self, "notebooks_dir", self.root / "notebooks")
 
 
 def save(cfg: RunConfig, provenance: dict[str, Any] | None = None) -> Path:
@@ -131,12 +237,7 @@ _STAGE0_KEYS = ("model", "corpus", "hook", "sae", "sae_width", "sae_k", "train_t
 
 def load(run_dir: str | os.PathLike, **overrides: Any) -> RunConfig:
     """Read run.json written by notebook 00; later stages may override their own knobs."""
-    path = Path(run_dir) / "run.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"No run.json in {Path(run_dir).resolve()}: run notebooks/00_setup.ipynb with this "
-            "run_dir first (or `make demo`)."
-        )
+    path = RunDir(Path(run_dir)).require("config")
     values = json.loads(path.read_text())["config"]
     bad = sorted(set(overrides) & set(_STAGE0_KEYS))
     if bad:
@@ -148,26 +249,26 @@ def load(run_dir: str | os.PathLike, **overrides: Any) -> RunConfig:
     return cfg
 
 
-def provenance() -> dict[str, Any]:
-    """Package versions and platform facts recorded with every result."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
+def main(argv: list[str] | None = None) -> int:
+    """``python -m autointerp.config --profile demo``: every section's resolved settings."""
+    import argparse
 
-    pkgs = {}
-    for name in ("autointerp", "torch", "transformers", "nnsight", "sae-lens", "numpy", "openai",
-                 "llama-cpp-python", "sentence-transformers"):
-        try:
-            pkgs[name] = version(name)
-        except PackageNotFoundError:
-            pkgs[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs}
+    ap = argparse.ArgumentParser(description="Print the resolved settings of every stage for a profile.")
+    ap.add_argument("--profile", default="demo", choices=PROFILE_NAMES)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    table = resolved(args.profile)
+    if args.json:
+        print(json.dumps(table, indent=2, default=str))
+        return 0
+    print(f"Profile {args.profile!r} (None means: not set / the stage's own default)")
+    for section, values in table.items():
+        parent = f" (inherits {PARENT[section]})" if section in PARENT else ""
+        print(f"\n[{section}]{parent}")
+        for k, v in values.items():
+            print(f"  {k:<22} {v!r}")
+    return 0
 
 
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,6 @@ Everything is seeded per latent (``numpy.random.default_rng([seed, latent])``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,9 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from . import results
+from .records import LatentExamples, Window, activation_levels, latent_examples_from
 
 WINDOW_MODES = ("fixed", "centred")
 TRAIN_SAMPLING = ("quantiles", "top", "random")
@@ -66,65 +68,12 @@ class ExampleSettings:
         return self.n_quantiles * self.test_per_quantile
 
 
-# Per-profile defaults: smoke has ~250 windows per latent at most, the 135M local explainer
-# reads short prompts best; full is the reference.
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(n_quantiles=4, train_per_quantile=2, test_per_quantile=3, min_examples=20),
-    "demo": dict(n_quantiles=10, train_per_quantile=2, test_per_quantile=5, min_examples=100),
-    "full": dict(n_quantiles=10, train_per_quantile=4, test_per_quantile=5, min_examples=200),
-}
-
-
 def settings_for(profile: str, **overrides: Any) -> ExampleSettings:
-    """The profile's example settings, then every override that is not None."""
-    base = dict(PROFILE_SETTINGS.get(profile, {}))
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return ExampleSettings(**base)
+    """The profile's example settings (``config.SETTINGS["examples"]``), then every override
+    that is not None."""
+    from .config import settings
 
-
-@dataclass(frozen=True)
-class Example:
-    """One window of one row, with the target latent's activation on each token."""
-
-    latent: int
-    row: int
-    start: int  # position of the first token in the row
-    token_ids: tuple[int, ...]
-    acts: tuple[float, ...]  # the target latent's activation (all 0 for negatives)
-    max_act: float
-    quantile: int | None  # rank bin (0 = top); None for negatives
-    kind: str  # "activating" | "random" | "hard_negative"
-    neighbour: int | None = None  # hard negatives: the neighbour latent that fires here
-    neighbour_act: float | None = None  # ... and its max in this window
-
-    @property
-    def peak(self) -> int:
-        """Index (inside the window) of the strongest token."""
-        return int(np.argmax(self.acts))
-
-    def levels(self, latent_max: float) -> tuple[int, ...]:
-        """Activation per token as shown to an LLM: round(10 * a / latent max), 0-10."""
-        return tuple(int(v) for v in activation_levels(np.asarray(self.acts), latent_max))
-
-
-@dataclass(frozen=True)
-class LatentExamples:
-    """Everything the explainers and scorers of one latent need."""
-
-    latent: int
-    max_act: float  # the latent's max over the cache (the scale of the 0-10 levels)
-    n_windows: int  # activating windows in the cache
-    train: tuple[Example, ...] = ()
-    test_activating: tuple[Example, ...] = ()
-    test_negative: tuple[Example, ...] = ()  # random windows where the latent is silent
-    test_hard_negative: tuple[Example, ...] = ()  # neighbours fire, target silent
-    train_negative: tuple[Example, ...] = ()  # hard negatives for contrastive explainers
-    neighbours: tuple[int, ...] = ()
-    skipped_reason: str | None = None
-
-    @property
-    def skipped(self) -> bool:
-        return self.skipped_reason is not None
+    return ExampleSettings(**settings("examples", profile, **overrides))
 
 
 @dataclass(frozen=True)
@@ -144,13 +93,6 @@ class WindowTable:
     def quantiles(self, n: int) -> np.ndarray:
         """Quantile bin of each (ranked) window: equal-count bins, 0 = top."""
         return quantile_bins(len(self), n)
-
-
-def activation_levels(acts: np.ndarray, latent_max: float) -> np.ndarray:
-    """Integer 0-10 levels: round(10 * a / latent_max), clipped."""
-    if latent_max <= 0:
-        return np.zeros(np.shape(acts), np.int64)
-    return np.clip(np.rint(10.0 * np.asarray(acts, np.float64) / latent_max), 0, 10).astype(np.int64)
 
 
 def quantile_bins(n_items: int, n_bins: int) -> np.ndarray:
@@ -269,13 +211,13 @@ def _dense(flat: np.ndarray, vals: np.ndarray, w_flat: np.ndarray, w_len: np.nda
 def _make(reader, latent: int, flat: np.ndarray, vals: np.ndarray, rows: np.ndarray,
           starts: np.ndarray, lens: np.ndarray, kind: str, quantiles: Sequence[int | None],
           neighbours: Sequence[int | None] | None = None,
-          neighbour_acts: Sequence[float | None] | None = None) -> tuple[Example, ...]:
+          neighbour_acts: Sequence[float | None] | None = None) -> tuple[Window, ...]:
     rows, starts, lens = (np.asarray(a, np.int64) for a in (rows, starts, lens))
     dense = _dense(flat, vals, rows * reader.ctx_len + starts, lens)
     out = []
     for i, (r, s, n) in enumerate(zip(rows.tolist(), starts.tolist(), lens.tolist())):
         acts = dense[i]
-        out.append(Example(latent=latent, row=r, start=s,
+        out.append(Window(latent=latent, row=r, start=s,
                            token_ids=tuple(int(t) for t in reader.tokens[r, s:s + n]),
                            acts=tuple(round(float(a), 4) for a in acts),
                            max_act=round(float(acts.max()) if n else 0.0, 4), quantile=quantiles[i],
@@ -304,7 +246,7 @@ def split_train_test(n_windows: int, settings: ExampleSettings,
 
 
 def random_negatives(reader, latent: int, n: int, settings: ExampleSettings,
-                     rng: np.random.Generator) -> tuple[Example, ...]:
+                     rng: np.random.Generator) -> tuple[Window, ...]:
     """n windows (same cut as the activating ones) where the latent never fires."""
     flat, _ = reader.latent(latent)
     sorted_flat = np.sort(flat)
@@ -388,7 +330,7 @@ def cooccurrence_neighbours(reader, latents: Sequence[int], n: int,
 
 
 def hard_negatives(reader, latent: int, neighbours: Sequence[int], n: int,
-                   settings: ExampleSettings) -> tuple[Example, ...]:
+                   settings: ExampleSettings) -> tuple[Window, ...]:
     """Top windows of the neighbour latents where the target is silent, round-robin over
     neighbours (strongest first), non-overlapping."""
     flat, _ = reader.latent(latent)
@@ -444,7 +386,7 @@ def for_latent(reader, latent: int, settings: ExampleSettings,
     q = table.quantiles(settings.n_quantiles)
     train_r, test_r = split_train_test(len(table), settings, rng)
 
-    def act(ranks: np.ndarray) -> tuple[Example, ...]:
+    def act(ranks: np.ndarray) -> tuple[Window, ...]:
         return _make(reader, latent, flat, vals, table.row[ranks], table.start[ranks],
                      table.length[ranks], "activating", [int(x) for x in q[ranks]])
 
@@ -495,35 +437,16 @@ class TokenDecoder:
 
 
 # -- persistence ---------------------------------------------------------------------------------
-def _example_from(d: dict) -> Example:
-    return Example(**{**d, "token_ids": tuple(d["token_ids"]), "acts": tuple(d["acts"])})
-
-
-def from_dict(d: dict[str, Any]) -> LatentExamples:
-    sets = {f: tuple(_example_from(e) for e in d[f]) for f in
-            ("train", "test_activating", "test_negative", "test_hard_negative", "train_negative")}
-    return LatentExamples(**{**d, **sets, "neighbours": tuple(d["neighbours"])})
-
-
-def save(path: str | os.PathLike, examples: Sequence[LatentExamples],
-         header: dict[str, Any]) -> Path:
-    """JSONL: a header line (settings, provenance), then one line per latent; atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"header": True, **header}, default=str) + "\n")
-        for lex in examples:
-            f.write(json.dumps(dataclasses.asdict(lex)) + "\n")
-    os.replace(tmp, path)
-    return path
+def save(path: str | os.PathLike, examples: Sequence[LatentExamples], **header: Any) -> Path:
+    """``examples.jsonl`` (``results`` schema ``autointerp.examples``): header (settings, latents,
+    skipped, provenance), then one line per latent; atomic."""
+    return results.write(path, "examples", examples, **header)
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, Any], list[LatentExamples]]:
     """Read what ``save`` wrote: (header, examples)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    header = json.loads(lines[0])
-    return header, [from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
+    header, rows = results.read(path, "examples")
+    return header, [latent_examples_from(d) for d in rows]
 
 
 def settings_dict(settings: ExampleSettings) -> dict[str, Any]:

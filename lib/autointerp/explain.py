@@ -13,53 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from .examples import Example, LatentExamples, activation_levels
-from .llm import ChatRequest, ChatResponse, Endpoint, LLMClient
+from . import results
+from .llm import ChatRequest, ChatResponse, Endpoint, LLMClient, safe_url
+from .records import Explanation, LatentExamples, Window, activation_levels, explanations_from
 
 MARKER = "[EXPLANATION]:"
 _MARKER_RE = re.compile(r"\[\s*explanation\s*\]\s*:", re.IGNORECASE)
-RESULTS_FILE = "explanations.jsonl"
 Decode = Callable[[Iterable[int]], list[str]]
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """One explanation of one latent by one explainer (one sample of best-of-k)."""
-
-    latent: int
-    explainer: str
-    text: str | None  # None when the explainer failed
-    failed: bool = False
-    error: str | None = None
-    sample: int = 0  # index among best-of-k samples; sample 0 is "the first"
-    n_samples: int = 1
-    random_pick: bool = False  # the seeded random pick among the k samples
-    model: str | None = None
-    prompt_hash: str | None = None
-    raw: str | None = None  # the LLM's full reply
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _hash(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -166,7 +137,7 @@ class LLMExplainer:
     @property
     def prompt_hash(self) -> str:
         """sha256 (16 hex) of the prompt template and every setting."""
-        return _hash({"system": self.system_prompt(), "settings": dataclasses.asdict(self)})
+        return results.digest({"system": self.system_prompt(), "settings": dataclasses.asdict(self)})
 
     def system_prompt(self) -> str:
         """Instructions, then the worked examples (inside the system prompt: as chat turns, small
@@ -194,7 +165,7 @@ class LLMExplainer:
                  (f"{reasoning}\n" if self.cot else "") + f"{MARKER} {answer}")
                 for pos, neg, reasoning, answer in _WORKED]
 
-    def select(self, lex: LatentExamples) -> tuple[list[Example], list[Example]]:
+    def select(self, lex: LatentExamples) -> tuple[list[Window], list[Window]]:
         """The activating (spread over quantiles) and negative examples shown for one latent."""
         n = self.max_examples or (15 if self.contrastive else len(lex.train))
         negs = list(lex.train_negative[:self.max_negatives]) if self.contrastive else []
@@ -236,7 +207,7 @@ def contrastive_explainer(**kw: Any) -> LLMExplainer:
     return LLMExplainer(**{"name": "contrastive", "contrastive": True, **kw})
 
 
-def _spread(examples: Sequence[Example], n: int) -> list[Example]:
+def _spread(examples: Sequence[Window], n: int) -> list[Window]:
     """Up to n examples taken round-robin over quantile bins (top bin first), kept in rank order."""
     bins: dict[Any, list[int]] = {}
     for i, e in enumerate(examples):
@@ -285,7 +256,7 @@ class TopTokensExplainer:
 
     @property
     def prompt_hash(self) -> str:
-        return _hash(dataclasses.asdict(self))
+        return results.digest(dataclasses.asdict(self))
 
     def explain(self, lex: LatentExamples, decode: Decode) -> Explanation:
         n = len(lex.train)  # " the" and "the" count as one token: what a reader sees
@@ -330,7 +301,7 @@ class LogitLensExplainer:
 
     @property
     def prompt_hash(self) -> str:
-        return _hash({"k": self.k, "norm": self.norm_scale is not None, "name": self.name})
+        return results.digest({"k": self.k, "norm": self.norm_scale is not None, "name": self.name})
 
     def logits(self, latents: Sequence[int]) -> np.ndarray:
         import torch
@@ -395,35 +366,6 @@ def render_prompt(explainer: LLMExplainer, lex: LatentExamples, decode: Decode) 
     return "\n\n".join(f"=== {role} ===\n{content}" for role, content in explainer.messages(lex, decode))
 
 
-def safe_url(url: str) -> str:
-    """A base URL without user info, query or fragment (never a key)."""
-    p = urlparse(url)
-    return urlunparse((p.scheme, p.hostname + (f":{p.port}" if p.port else "") if p.hostname else "",
-                       p.path, "", "", ""))
-
-
-def explicit_endpoint(base_url: str, model: str | None,
-                      api_key_env: str = "OPENAI_API_KEY") -> Endpoint:
-    """The endpoint a chapter's ``llm_base_url`` / ``llm_model`` / ``llm_api_key_env`` name."""
-    if not model:
-        raise ValueError(f"llm_base_url={base_url!r} is set but llm_model is not: name the model "
-                         "that endpoint serves (e.g. gpt-4o-mini).")
-    return Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=api_key_env)
-
-
-@contextmanager
-def llm_endpoint(base_url: str | None = None, model: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", **local_kwargs: Any) -> Iterator[Endpoint]:
-    """An explicit endpoint, else the environment's, else the embedded local server."""
-    if base_url:
-        yield explicit_endpoint(base_url, model, api_key_env)
-        return
-    from .llm_server import endpoint_or_local
-
-    with endpoint_or_local(**local_kwargs) as ep:
-        yield ep
-
-
 def describe(explainer: Any) -> dict[str, Any]:
     """Name, type, prompt hash and settings of an explainer (no weights)."""
     settings = (dataclasses.asdict(explainer) if isinstance(explainer, (LLMExplainer, TopTokensExplainer))
@@ -435,40 +377,32 @@ def describe(explainer: Any) -> dict[str, Any]:
 def save(run_dir: str | os.PathLike, explanations: Sequence[Explanation], *,
          explainers: Sequence[Any], endpoint: Endpoint | None = None,
          skipped: dict[int, str] | None = None, **header: Any) -> Path:
-    """``<run_dir>/explanations.jsonl``: a provenance header, then one line per latent."""
-    from .config import provenance
+    """``<run_dir>/explanations.jsonl`` (schema ``autointerp.explanations``): a header
+    (explainers with their settings and prompt hashes, endpoint, skipped latents, provenance),
+    then one line per latent."""
+    from .rundir import RunDir
 
-    head = {"header": True, "kind": "explanations",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "explainers": [describe(e) for e in explainers],
-            "llm": None if endpoint is None else {"base_url": safe_url(endpoint.base_url),
-                                                  "model": endpoint.model},
-            "skipped": {str(k): v for k, v in (skipped or {}).items()},
-            **header, "provenance": provenance()}
-    by: dict[int, list[dict]] = {}
+    by: dict[int, list[Explanation]] = {}
     for e in explanations:
-        by.setdefault(e.latent, []).append(dataclasses.asdict(e))
-    path = Path(run_dir) / RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(head, default=str) + "\n")
-        for j in sorted(by):
-            f.write(json.dumps({"latent": j, "explanations": by[j]}, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+        by.setdefault(e.latent, []).append(e)
+    described = [describe(e) for e in explainers]
+    return results.write(
+        RunDir(Path(run_dir)).explanations, "explanations",
+        ({"latent": j, "explanations": by[j]} for j in sorted(by)),
+        settings={d["name"]: d["settings"] for d in described},
+        prompt_hash=results.digest([d["prompt_hash"] for d in described]),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        explainers=described,
+        llm=None if endpoint is None else {"base_url": safe_url(endpoint.base_url), "model": endpoint.model},
+        skipped={str(k): v for k, v in (skipped or {}).items()}, **header)
 
 
 def load_records(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Explanation]]:
     """(header, explanations) from ``<run_dir>/explanations.jsonl``."""
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"No {RESULTS_FILE} in {Path(run_dir).resolve()}: run "
-                                "notebooks/02_explaining.ipynb for this run dir first.")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    recs = [Explanation(**e) for line in lines[1:] if line.strip()
-            for e in json.loads(line)["explanations"]]
-    return json.loads(lines[0]), recs
+    from .rundir import RunDir
+
+    header, rows = results.read(RunDir(Path(run_dir)).require("explanations"), "explanations")
+    return header, explanations_from(rows)
 
 
 def to_frame(explanations: Sequence[Explanation]):
@@ -503,29 +437,13 @@ def summary(explanations: Sequence[Explanation]):
     return out
 
 
-# Per-profile defaults of the explaining chapter (the 135M local model reads short prompts best).
-PROFILE_SETTINGS: dict[str, dict[str, int]] = {
-    "smoke": {"n_latents": 4, "max_tokens": 48},
-    "demo": {"n_latents": 16, "max_tokens": 64},
-    "full": {"n_latents": 200, "max_tokens": 200},
-}
-
-
-def profile_settings(profile: str, **overrides: Any) -> dict[str, Any]:
-    """The profile's n_latents and max_tokens, then every override that is not None."""
-    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["demo"]))
-    out.update({k: v for k, v in overrides.items() if v is not None})
-    return out
-
-
 def verdict(endpoint: Endpoint, llm_summary) -> str:
     """One honest sentence about the LLM explanations of this run, from its own numbers."""
     n = int(llm_summary.explanations.sum())
     rate = float(llm_summary.failed.sum()) / max(n, 1)
     distinct = int(llm_summary.distinct_texts.sum())
-    local = endpoint.is_local and "135m" in endpoint.model.lower()
     head = (f"These explanations come from the embedded {endpoint.model} (local): it proves the "
-            "mechanics, but it is a weak explainer" if local else
+            "mechanics, but it is a weak explainer" if endpoint.embedded else
             f"These explanations come from {endpoint.model} at {safe_url(endpoint.base_url)}")
     return (f"{head}. {rate:.0%} of its {n} answers failed; the rest hold {distinct} distinct texts."
             + (" More than half failed: raise max_tokens, or use a stronger model." if rate > 0.5 else ""))

@@ -1,15 +1,16 @@
 """Glue for the LLM-judge chapters (03 detection + intruder, 04 fuzzing + simulation): the judge
 endpoint, its settings, cost, honest notes, and the intruder test's figure, summary and results file.
 
-A chapter opens one ``Judge``: the endpoint named in its parameters, else the environment's
-(``AUTOINTERP_LLM_BASE_URL`` ...), else the embedded SmolLM2 behind a local llama.cpp server on
-127.0.0.1 that lives until ``Judge.close()`` (or the kernel's exit). Responses are cached in
-``<run_dir>/llm_cache`` and counted in the client's ledger.
+A chapter opens one ``Judge`` through ``llm.connect``: the endpoint named in its parameters, else
+the environment's (``AUTOINTERP_LLM_BASE_URL`` ...), else the embedded SmolLM2 behind a local
+llama.cpp server on 127.0.0.1 that lives until ``Judge.close()`` (or the kernel's exit).
+Responses are cached in ``<run_dir>/llm_cache`` and counted in the client's ledger.
 
-``judge_settings`` picks how a judge is asked. The reference shows 5 examples per prompt and reads
-a list of 0/1 answers; the embedded 135M model cannot write such a list (0 of 40 parsed, measured),
-so on it each prompt holds ONE example and the answer is read as P("1") from the first token's
-logprobs. Both are the same scorer class with other settings, recorded in every result.
+``judge_settings`` picks how a judge is asked, from what its endpoint can do. The reference shows
+5 examples per prompt and reads a list of 0/1 answers; an endpoint that cannot answer with a list
+(``Endpoint.lists`` is False: the embedded 135M model, 0 of 40 lists parsed, measured) gets ONE
+example per prompt, read as P("1") from the first token's logprobs. Both are the same scorer class
+with other settings, recorded in every result.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .llm import Endpoint, LLMClient
+from .llm import Endpoint, LLMClient, connect, safe_url
 from .metrics import MIN_LATENTS_FOR_CLAIM
-from .scorers import METRIC_LABELS, ScorerResult
-
-EMBEDDED_ALIAS = "smollm2-135m-instruct"
+from .records import ScorerResult
+from .rundir import RunDir
+from .scorers import METRIC_LABELS
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Judge:
     @property
     def is_embedded(self) -> bool:
         """True when the judge is the embedded 135M model (a mechanics check, not a judge)."""
-        return self.endpoint.is_local and "135m" in self.endpoint.model.lower()
+        return self.endpoint.embedded
 
     def close(self) -> None:
         """Stop the local server this judge started (a no-op for remote endpoints)."""
@@ -46,8 +47,6 @@ class Judge:
             self.server = None
 
     def describe(self) -> str:
-        from .explain import safe_url
-
         where = "embedded, local llama.cpp server" if self.server is not None else safe_url(self.endpoint.base_url)
         return f"{self.endpoint.model} ({where})"
 
@@ -55,31 +54,19 @@ class Judge:
 def open_judge(run_dir: str | Path, base_url: str | None = None, model: str | None = None,
                api_key_env: str = "OPENAI_API_KEY", *, concurrency: int = 2,
                n_threads: int | None = None) -> Judge:
-    """An explicit endpoint (``base_url`` + ``model``), else the environment's, else the embedded
-    local server, started now. Responses are cached under ``<run_dir>/llm_cache``."""
-    from .llm import endpoint_from_env
-    from .llm_server import LocalServer
-
-    server = None
-    from .explain import explicit_endpoint
-
-    if base_url:
-        ep = explicit_endpoint(base_url, model, api_key_env)
-    else:
-        ep = endpoint_from_env()
-        if ep is None:
-            server = LocalServer(alias=EMBEDDED_ALIAS, n_threads=n_threads)
-            ep = server.start()
-    client = LLMClient(ep, Path(run_dir) / "llm_cache", concurrency=concurrency)
+    """The chapter's endpoint (``llm.connect``: explicit, else the environment's, else the
+    embedded local server, started now), with a client caching under ``<run_dir>/llm_cache``."""
+    ep, server = connect(base_url, model, api_key_env, n_threads=n_threads)
+    client = LLMClient(ep, RunDir(Path(run_dir)).llm_cache, concurrency=concurrency)
     return Judge(ep, client, server)
 
 
 def judge_settings(judge: Judge, n_per_prompt: int | None = None,
                    logprobs: bool | None = None) -> dict[str, Any]:
-    """How to ask this judge: ``n_per_prompt`` examples per prompt (None: 1 on the embedded model,
-    which cannot answer with a list; else the reference's 5) and ``logprobs`` (None: True; an
-    endpoint that serves none is detected and recorded, and AUROC is then NaN)."""
-    n = n_per_prompt if n_per_prompt is not None else (1 if judge.is_embedded else 5)
+    """How to ask this judge: ``n_per_prompt`` examples per prompt (None: 1 when the endpoint
+    cannot answer with a list, ``Endpoint.lists``; else the reference's 5) and ``logprobs``
+    (None: True; an endpoint that serves none is detected and recorded, and AUROC is then NaN)."""
+    n = n_per_prompt if n_per_prompt is not None else (5 if judge.endpoint.lists else 1)
     return {"n_per_prompt": int(n), "logprobs": True if logprobs is None else bool(logprobs)}
 
 
@@ -115,8 +102,8 @@ def honesty_note(judge: Judge, validity: Mapping[str, Any] | None) -> str:
         return (f"The judge {judge.describe()} separates true from shuffled explanations of planted "
                 f"latents ({metric} difference CI [{lo:+.3f}, {hi:+.3f}]): its scores of real "
                 "latents are measurements, within their CIs.")
-    weak = (" The embedded 135M model proves the mechanics only (OFFLINE.md measured it at chance "
-            "as a detection judge)." if judge.is_embedded else "")
+    weak = (" The embedded 135M model proves the mechanics only (measured on latents of known meaning, "
+            "one excerpt per prompt: mean AUROC 0.51 with true explanations, 0.52 with shuffled ones)." if judge.is_embedded else "")
     return (f"The judge {judge.describe()} does NOT separate true from shuffled explanations even on "
             f"planted latents whose meaning is known ({metric} difference CI [{lo:+.3f}, {hi:+.3f}] "
             f"includes 0): no score in this chapter is a finding about the explanations.{weak} Point "
@@ -124,20 +111,20 @@ def honesty_note(judge: Judge, validity: Mapping[str, Any] | None) -> str:
             "and AUTOINTERP_LLM_MODEL) and rerun.")
 
 
-def intruder_figure(runs: Mapping[str, tuple[Sequence[Any], Sequence[Any]]], title: str = ""):
+def intruder_figure(runs: Mapping[str, Any], title: str = ""):
     """Per intruder scorer: accuracy of real trials vs the mixed control, mean over latents, with
-    the chance level. ``runs``: scorer name -> (real, control) ``IntruderResult`` lists."""
+    the chance level. ``runs``: scorer name -> ``scorers.ScoreRun`` (``run_with_control``)."""
     import plotly.graph_objects as go
 
     from .metrics import mean_ci
 
     fig = go.Figure()
-    for cond, k, color in (("real trials", 0, "#3b75af"), ("mixed control", 1, "#bbbbbb")):
-        cis = [mean_ci([r.accuracy for r in pair[k]]) for pair in runs.values()]
+    for cond, side, color in (("real trials", "real", "#3b75af"), ("mixed control", "control", "#bbbbbb")):
+        cis = [mean_ci([r.metrics.accuracy for r in getattr(run, side)]) for run in runs.values()]
         fig.add_bar(x=list(runs), y=[c.mean for c in cis], name=cond, marker_color=color,
                     error_y=dict(type="data", array=[c.high - c.mean for c in cis],
                                  arrayminus=[c.mean - c.low for c in cis]))
-    chance = next((r.chance for pair in runs.values() for r in pair[0]), None)
+    chance = next((r.details["chance"] for run in runs.values() for r in run.real), None)
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dash", annotation_text=f"chance {chance:.2f}")
     fig.update_layout(barmode="group", title=title or "Intruder accuracy (mean over latents, 95% CI)",
@@ -145,14 +132,16 @@ def intruder_figure(runs: Mapping[str, tuple[Sequence[Any], Sequence[Any]]], tit
     return fig
 
 
-def intruder_summary(name: str, real: Sequence[Any], control: Sequence[Any], *, seed: int = 0) -> str:
-    """One sentence per intruder scorer from this run's numbers."""
-    from .scorers.intruder import compare_accuracy
+def intruder_summary(name: str, run: Any, *, seed: int = 0) -> str:
+    """One sentence per intruder scorer from this run's numbers; ``run``: a ``scorers.ScoreRun``
+    (real and mixed-control results), compared on accuracy with the bootstrap ``seed``."""
+    from .scorers import compare
 
-    c = compare_accuracy(real, control, seed=seed)
-    chance = real[0].chance if real else float("nan")
-    failed = sum(r.n_failed for r in [*real, *control])
-    total = sum(r.n_trials for r in [*real, *control])
+    real, control = run.real, run.control
+    c = compare(real, control, "accuracy", seed=seed)
+    chance = real[0].details["chance"] if real else float("nan")
+    failed = sum(r.metrics.n_failed for r in [*real, *control])
+    total = sum(r.details["n_trials"] for r in [*real, *control])
     head = (f"{name}: accuracy {c.real.mean:.2f} on real trials vs {c.control.mean:.2f} on the mixed "
             f"control (chance {chance:.2f}); difference {c.diff.mean:+.2f} [95% CI {c.diff.low:+.2f}, "
             f"{c.diff.high:+.2f}] over {c.diff.n} latents; {failed} of {total} trials unparseable.")
@@ -162,17 +151,20 @@ def intruder_summary(name: str, real: Sequence[Any], control: Sequence[Any], *, 
                    else " Not distinguishable from the control: NOT a finding.")
 
 
-def write_intruder(run_dir: str | Path, name: str, real: Sequence[Any], control: Sequence[Any], *,
-                   seed: int = 0, **header: Any) -> Path:
-    """``<run_dir>/scores/<name>.jsonl``: header (comparison, settings, provenance), then one
-    record per latent and condition."""
-    from .metrics import write_results
-    from .scorers.intruder import compare_accuracy
+def write_intruder(run_dir: str | Path, name: str, run: Any, *, scorer: Any = None, seed: int = 0,
+                   **header: Any) -> Path:
+    """``<run_dir>/scores/<name>.jsonl`` via ``scorers.write_run``: header (scorer, metric
+    "accuracy", comparison with the bootstrap ``seed``, seed, the scorer's settings and prompt
+    hash, ``header``), then one record per latent and condition, real then control."""
+    import dataclasses
 
-    head = {"kind": "scores", "scorer": name, "metric": "accuracy",
-            "comparison": compare_accuracy(real, control, seed=seed), "seed": seed, **header}
-    return write_results(Path(run_dir) / "scores" / f"{name}.jsonl", head, [*real, *control])
+    from .rundir import RunDir
+    from .scorers import compare, write_run
+
+    run = dataclasses.replace(run, metric="accuracy",
+                              comparison=compare(run.real, run.control, "accuracy", seed=seed))
+    return write_run(RunDir(run_dir).scores(name), run, scorer=scorer, name=name, seed=seed, **header)
 
 
 __all__ = ["Judge", "open_judge", "judge_settings", "failure_summary", "per_latent_cost",
-           "honesty_note", "intruder_figure", "intruder_summary", "write_intruder", "EMBEDDED_ALIAS"]
+           "honesty_note", "intruder_figure", "intruder_summary", "write_intruder"]

@@ -2,19 +2,13 @@
 
 Conventions: a positive example is an activating window (``label=True``). Undefined values
 (AUROC with one class absent, precision with no positive prediction, ...) are NaN, never an
-error; means over latents skip NaN latents and report how many they used. Results files are
-JSONL: line 1 is ``{"header": {...}}`` (provenance), every further line one record.
+error; means over latents skip NaN latents and report how many they used.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -56,6 +50,11 @@ class LatentMetrics:
     by_quantile: tuple[QuantilePoint, ...] = ()
     # Pearson r of predicted vs true per-token activation (simulation scorers), NaN otherwise
     correlation: float = NAN
+    # share of trials answered correctly (intruder scorers), NaN otherwise
+    accuracy: float = NAN
+    # mean of the examples' scores and its standard error (intervention: nats per prompt), NaN otherwise
+    mean_score: float = NAN
+    sem: float = NAN
 
 
 @dataclass(frozen=True)
@@ -222,55 +221,18 @@ def paired_difference(real: Mapping[int, float], control: Mapping[int, float], *
                             frac_real_better=float((r > c).mean()))
 
 
-# -- results files ------------------------------------------------------------------------------
-def _plain(obj: Any) -> Any:
-    """JSON-ready: dataclasses -> dicts, tuples -> lists, numpy -> Python, NaN/inf -> null."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _plain(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_results(path: str | os.PathLike, header: Mapping[str, Any], records: Iterable[Any]) -> Path:
-    """Write JSONL atomically: a header line (``header`` plus package provenance), then one line
-    per record (dataclass or dict). NaN is written as null."""
-    from .config import provenance
-
-    head = dict(header)
-    head.setdefault("provenance", provenance())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(json.dumps({"header": _plain(head)}, allow_nan=False) + "\n")
-        for rec in records:
-            f.write(json.dumps(_plain(rec), allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_results(path: str | os.PathLike):
-    """Read a results file: ``(header dict, DataFrame)``; nested dicts flatten to ``a.b`` columns,
-    lists (examples, per-quantile points) stay as list cells; null reads as NaN/None."""
-    import pandas as pd
-
-    lines = Path(path).read_text().splitlines()
-    if not lines:
-        raise ValueError(f"{path} is empty: not a results file written by metrics.write_results.")
-    first = json.loads(lines[0])
-    if not (isinstance(first, dict) and set(first) == {"header"}):
-        raise ValueError(f"{path}: line 1 is not a {{'header': ...}} line; write results with "
-                         "metrics.write_results.")
-    rows = [json.loads(line) for line in lines[1:] if line.strip()]
-    return first["header"], (pd.json_normalize(rows) if rows else pd.DataFrame())
+def unpaired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> MeanWithCI:
+    """Mean of a minus mean of b with a percentile-bootstrap CI, each side resampled on its own
+    (for conditions whose latents are not the same units, e.g. a random SAE's). NaN values are
+    left out; an empty side gives NaN with n 0. ``n`` is the smaller side's count."""
+    a = np.asarray([v for v in a if not math.isnan(v)], float)
+    b = np.asarray([v for v in b if not math.isnan(v)], float)
+    if not len(a) or not len(b):
+        return MeanWithCI(NAN, NAN, NAN, 0, 0, n_boot, level)
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    boots = a[ia].mean(1) - b[ib].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return MeanWithCI(float(a.mean() - b.mean()), float(lo), float(hi), min(len(a), len(b)), 0, n_boot, level)

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from . import saes
-from .examples import Example
-from .metrics import MIN_LATENTS_FOR_CLAIM, _plain, auroc
-from .scorers import ExampleText, Scorer, as_texts, compare, primary_metric, score_with_control
+from .metrics import MIN_LATENTS_FOR_CLAIM, auroc
+from .records import Window
+from .results import plain
+from .scorers import Scorer, run_with_control
 
 PLANTED_JSON = "planted.json"
 SEPARATES = "separates"
@@ -230,7 +231,7 @@ def build_planted(subject, hook: str, tokens: np.ndarray, out_dir: str | Path, *
                          latents=tuple(kept), skipped=tuple(skipped),
                          heldout_rows=tuple(int(r) for r in held), seed=seed, first_pos=first_pos,
                          seconds=round(time.perf_counter() - t0, 2))
-    (out / PLANTED_JSON).write_text(json.dumps(_plain(planted), indent=1, allow_nan=False))
+    (out / PLANTED_JSON).write_text(json.dumps(plain(planted), indent=1, allow_nan=False))
     return planted
 
 
@@ -259,8 +260,8 @@ def load_planted(folder: str | Path, *, device: str = "cpu"):
 
 def planted_windows(planted: PlantedSet, tokens: np.ndarray, *, n_pos: int = 20, n_neg: int = 20,
                     width: int = 16, seed: int = 0, rows: Sequence[int] | None = None
-                    ) -> dict[int, list[Example]]:
-    """Test windows per planted latent as ``examples.Example`` records: ``n_pos`` windows of
+                    ) -> dict[int, list[Window]]:
+    """Test windows per planted latent as ``records.Window`` records (source "planted"): ``n_pos`` windows of
     ``width`` tokens around an occurrence of the concept (at ~3/4 of the window; activation 1.0 on
     every concept token, 0 elsewhere: the known truth; quantile 0) and ``n_neg`` random windows
     without it (all 0). ``rows`` (default: all) picks rows of ``tokens``; the probes play no part
@@ -272,12 +273,13 @@ def planted_windows(planted: PlantedSet, tokens: np.ndarray, *, n_pos: int = 20,
     sub = np.asarray(tokens)[rows]
     rng = np.random.default_rng(seed)
 
-    def window(lat: int, r: int, s: int, hit: np.ndarray, positive: bool) -> Example:
+    def window(lat: int, r: int, s: int, hit: np.ndarray, positive: bool) -> Window:
         acts = tuple(float(a) for a in hit[r, s:s + width])
-        return Example(lat, int(rows[r]), int(s), tuple(int(t) for t in sub[r, s:s + width]), acts,
-                       max(acts), 0 if positive else None, "activating" if positive else "random")
+        return Window(lat, int(rows[r]), int(s), tuple(int(t) for t in sub[r, s:s + width]), acts,
+                      max(acts), 0 if positive else None, "activating" if positive else "random",
+                      source="planted")
 
-    out: dict[int, list[Example]] = {}
+    out: dict[int, list[Window]] = {}
     for p in planted.latents:
         hit = np.isin(sub, p.token_ids)
         hit[:, :fp] = False
@@ -303,14 +305,6 @@ def planted_windows(planted: PlantedSet, tokens: np.ndarray, *, n_pos: int = 20,
     return out
 
 
-def planted_examples(planted: PlantedSet, tokens: np.ndarray, tokenizer, *, n_pos: int = 20,
-                     n_neg: int = 20, width: int = 16, seed: int = 0,
-                     rows: Sequence[int] | None = None) -> dict[int, list[ExampleText]]:
-    """``planted_windows`` as text (``ExampleText``, id ``"row:start"``), for text-only scorers."""
-    wins = planted_windows(planted, tokens, n_pos=n_pos, n_neg=n_neg, width=width, seed=seed, rows=rows)
-    return {lat: as_texts(exs, tokenizer) for lat, exs in wins.items()}
-
-
 def validity_report(scorer: Scorer, planted: PlantedSet,
                     examples: Mapping[int, Sequence[Any]], seed: int = 0,
                     metric: str | None = "auroc") -> dict[str, Any]:
@@ -322,9 +316,8 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
     scorer gave scores, else balanced accuracy (``scorers.primary_metric``)."""
     expl = {p.latent: p.explanation for p in planted.latents if p.latent in examples}
     t0 = time.perf_counter()
-    real, control = score_with_control(scorer, expl, examples, seed=seed)
-    metric = metric or primary_metric(real)
-    cmp = compare(real, control, metric, seed=seed)
+    run = run_with_control(scorer, expl, examples, seed=seed, metric=metric)
+    real, control, metric, cmp = run.real, run.control, run.metric, run.comparison
     verdict = (TOO_FEW if cmp.diff.n < MIN_LATENTS_FOR_CLAIM else
                SEPARATES if cmp.diff.low > 0 else AT_CHANCE)
     concept = {p.latent: p.concept for p in planted.latents}
@@ -347,5 +340,5 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
 
 
 __all__ = ["CLASS_RULES", "PlantedLatent", "PlantedSet", "build_planted", "fit_probe",
-           "read_planted", "load_planted", "planted_windows", "planted_examples", "validity_report", "SEPARATES",
+           "read_planted", "load_planted", "planted_windows", "validity_report", "SEPARATES",
            "AT_CHANCE", "TOO_FEW"]

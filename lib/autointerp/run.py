@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PROFILES, resolve
+from .config import PROFILE_NAMES, resolve
 from .paths import repo_root
 
 
@@ -64,7 +64,7 @@ def run(profile: str, run_dir: Path, only: list[str] | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    ap.add_argument("--profile", default="demo", choices=PROFILE_NAMES)
     ap.add_argument("--run-dir", type=Path, default=None, help="default: data/runs/<profile>")
     ap.add_argument("--only", nargs="*", help="chapter numbers to run, e.g. 00 01")
     ap.add_argument("-p", "--param", action="append", default=[], help="notebook parameter KEY=VALUE")

@@ -10,7 +10,6 @@ chosen explainer is recorded per latent in the inputs and in every result record
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,57 +18,22 @@ from typing import Any
 import numpy as np
 
 from . import examples as ex_mod
-from . import explain, metrics
-from .scorers import (CHANCE, METRIC_LABELS, ExampleText, Scorer, ScorerResult, as_texts, compare,
-                      primary_metric, score_with_control)
-from .metrics import PairedComparison
+from . import explain, metrics, results
+from .records import Explanation, LatentExamples, Window, window_text
+from .rundir import RunDir
+from .scorers import CHANCE, METRIC_LABELS, Scorer, ScoreRun, write_run
 
 PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
-SCORES_DIR = "scores"
-
-# Per-profile defaults: latents to score, test examples per latent, planted-control size.
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(n_latents=4, n_pos=10, n_neg=10, planted_tokens=4096, planted_examples=10),
-    "demo": dict(n_latents=16, n_pos=25, n_neg=25, planted_tokens=16384, planted_examples=20),
-    "full": dict(n_latents=200, n_pos=50, n_neg=50, planted_tokens=65536, planted_examples=50),
-}
-
-
-# Slow scorers (an LM forward per example and condition) take fewer examples on small profiles.
-# LLM judges cost one call per example on the embedded model (see judging.judge_settings), ~1.5-3 s
-# each on 2 cores: the demo keeps the 5 latents a claim needs (metrics.MIN_LATENTS_FOR_CLAIM) and
-# few excerpts; a real endpoint with the full profile uses the reference's sizes.
-_JUDGE = {"smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2, n_trials=1),
-          "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2, n_trials=2),
-          "full": dict(planted_latents=8, planted_examples=20, n_trials=10)}
-SCORER_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
-    "surprisal": {"smoke": dict(n_pos=6, n_neg=6, planted_examples=8),
-                  "demo": dict(n_latents=8, n_pos=15, n_neg=15, planted_examples=12)},
-    "detection": _JUDGE,
-    "fuzzing": _JUDGE,
-    "simulation": {"smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
-                   "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
-                   "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10)},
-}
-
-
-def profile_settings(profile: str, scorer: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """The profile's scoring knobs (with the scorer's own smaller ones, if any), then every
-    override that is not None."""
-    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["demo"]))
-    out.update(SCORER_SETTINGS.get(scorer or "", {}).get(profile, {}))
-    out.update({k: v for k, v in overrides.items() if v is not None})
-    return out
 
 
 @dataclass(frozen=True)
 class ScoringInputs:
     """What a scorer needs for one run: latent -> explanation text, which explainer wrote it,
-    and its test examples as text; ``skipped`` says why a latent was left out."""
+    and its test windows (``records.Window``); ``skipped`` says why a latent was left out."""
 
     explanations: dict[int, str]
     explainer: dict[int, str]
-    examples: dict[int, list[Any]]  # ExampleText, or examples.Example with records=True
+    examples: dict[int, list[Window]]
     skipped: dict[int, str] = field(default_factory=dict)
 
 
@@ -81,25 +45,19 @@ def _interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
     return out
 
 
-def select_examples(lex: ex_mod.LatentExamples, *, n_pos: int | None = None,
-                    n_neg: int | None = None) -> list[ex_mod.Example]:
+def select_examples(lex: LatentExamples, *, n_pos: int | None = None,
+                    n_neg: int | None = None) -> list[Window]:
     """A latent's test examples: activating first (taken round-robin over quantile bins, so the
     first n cover every bin), then negatives (random and hard negatives alternating). ``None``
     keeps them all."""
-    by_q: dict[int, list[ex_mod.Example]] = {}
+    by_q: dict[int, list[Window]] = {}
     for e in lex.test_activating:
         by_q.setdefault(int(e.quantile), []).append(e)
     pos = _interleave([by_q[q] for q in sorted(by_q)])[:n_pos]
     return pos + _interleave([lex.test_negative, lex.test_hard_negative])[:n_neg]
 
 
-def example_texts(lex: ex_mod.LatentExamples, tokenizer, *, n_pos: int | None = None,
-                  n_neg: int | None = None) -> list[ExampleText]:
-    """``select_examples`` of a latent as text (``as_texts``)."""
-    return as_texts(select_examples(lex, n_pos=n_pos, n_neg=n_neg), tokenizer)
-
-
-def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "auto",
+def pick_explanations(records: Sequence[Explanation], explainer: str = "auto",
                       preference: Sequence[str] = PREFERENCE) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
     """``(latent -> (explainer, text), latent -> why skipped)`` from chapter 02's records (sample 0).
     ``explainer="auto"`` takes the first successful one in ``preference``; a name takes only that
@@ -109,7 +67,7 @@ def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "
     if explainer != "auto" and explainer not in known:
         raise ValueError(f"explainer={explainer!r} is not in explanations.jsonl (it has {sorted(known)}); "
                          "use 'auto' or one of those.")
-    by: dict[int, dict[str, explain.Explanation]] = {}
+    by: dict[int, dict[str, Explanation]] = {}
     for r in records:
         if r.sample == 0:
             by.setdefault(r.latent, {})[r.explainer] = r
@@ -124,16 +82,12 @@ def pick_explanations(records: Sequence[explain.Explanation], explainer: str = "
     return picked, skipped
 
 
-def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_latents: int | None = None,
-                n_pos: int | None = None, n_neg: int | None = None, records: bool = False) -> ScoringInputs:
-    """Scorer inputs of a run dir (after chapter 02): the first ``n_latents`` explained latents.
-    ``records=True`` gives ``examples.Example`` records (token ids + activations, for fuzzing and
-    simulation) instead of ``ExampleText``."""
-    path = Path(run_dir) / "examples.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"No examples.jsonl in {Path(run_dir).resolve()}: run "
-                                "notebooks/02_explaining.ipynb for this run dir first.")
-    lexs = {lx.latent: lx for lx in ex_mod.load(path)[1]}
+def load_inputs(run_dir: str | Path, *, explainer: str = "auto", n_latents: int | None = None,
+                n_pos: int | None = None, n_neg: int | None = None) -> ScoringInputs:
+    """Scorer inputs of a run dir (after chapter 02): the first ``n_latents`` explained latents,
+    each with ``n_pos`` activating and ``n_neg`` non-activating test windows."""
+    rd = RunDir(Path(run_dir))
+    lexs = {lx.latent: lx for lx in ex_mod.load(rd.require("examples"))[1]}
     picked, skipped = pick_explanations(explain.load_records(run_dir)[1], explainer)
     for lat, lx in lexs.items():
         if lx.skipped:
@@ -141,76 +95,44 @@ def load_inputs(run_dir: str | Path, tokenizer, *, explainer: str = "auto", n_la
         elif lat not in picked:
             skipped.setdefault(lat, "no explanation")
     keep = [lat for lat in sorted(picked) if lat in lexs and not lexs[lat].skipped][:n_latents]
-    texts: dict[int, list[Any]] = {
-        lat: (select_examples(lexs[lat], n_pos=n_pos, n_neg=n_neg) if records else
-              example_texts(lexs[lat], tokenizer, n_pos=n_pos, n_neg=n_neg)) for lat in keep}
+    wins = {lat: select_examples(lexs[lat], n_pos=n_pos, n_neg=n_neg) for lat in keep}
     for lat in keep:
-        if len({_label(e) for e in texts[lat]}) < 2:
+        if len({e.label for e in wins[lat]}) < 2:
             skipped[lat] = "its test set lacks activating or non-activating examples"
     keep = [lat for lat in keep if lat not in skipped]
     if len(keep) < 2:
         raise ValueError(f"Only {len(keep)} latent(s) have an explanation and both kinds of test "
                          f"examples (skipped: {skipped}); the shuffled control needs 2 or more.")
     return ScoringInputs({k: picked[k][1] for k in keep}, {k: picked[k][0] for k in keep},
-                         {k: texts[k] for k in keep}, {k: v for k, v in skipped.items() if k not in keep})
-
-
-def _label(e: ExampleText | ex_mod.Example) -> bool:
-    return bool(e.label) if isinstance(e, ExampleText) else e.kind == "activating"
-
-
-@dataclass(frozen=True)
-class ScoreRun:
-    """One scorer on one set of inputs: real results, shuffled control, and their comparison."""
-
-    real: list[ScorerResult]
-    control: list[ScorerResult]
-    comparison: PairedComparison
-    seconds: float
-    metric: str = "auroc"  # the LatentMetrics field compared
-
-
-def run_scorer(scorer: Scorer, inputs: ScoringInputs, *, seed: int = 0, metric: str | None = None) -> ScoreRun:
-    """Score real and shuffled explanations; ``metric`` (default: ``primary_metric``) compared
-    with a paired bootstrap CI."""
-    t0 = time.perf_counter()
-    real, control = score_with_control(scorer, inputs.explanations, inputs.examples, seed=seed)
-    metric = metric or primary_metric(real)
-    return ScoreRun(real, control, compare(real, control, metric, seed=seed),
-                    round(time.perf_counter() - t0, 2), metric)
+                         {k: wins[k] for k in keep}, {k: v for k, v in skipped.items() if k not in keep})
 
 
 def planted_control(cfg, subject, scorer: Scorer, *, n_tokens: int = 4096, n_examples: int = 10,
                     width: int = 24, seed: int = 0, n_latents: int | None = None,
-                    records: bool = False, metric: str | None = None) -> dict[str, Any]:
+                    metric: str | None = None) -> dict[str, Any]:
     """Planted latents (4 word classes + 4 frequent words, at most 8) on the first ``n_tokens`` of
     the run's corpus at the run's hook, saved in ``<run_dir>/planted/t<n_tokens>_s<seed>`` (reused
     when there), scored with true and shuffled explanations: ``planted.validity_report``.
-    ``n_latents`` keeps the first planted latents only (costly judges); ``records=True`` passes
-    ``examples.Example`` windows (activation 1 on the concept's tokens) for scorers that need
-    token-level truth; ``metric=None``: AUROC when the scorer gives scores, else balanced accuracy."""
+    ``n_latents`` keeps the first planted latents only (costly judges); the windows carry
+    activation 1 on the concept's tokens (token-level truth); ``metric=None``: AUROC when the
+    scorer gives scores, else balanced accuracy."""
     from . import corpus, planted
 
     tok_file = cfg.path.cache_dir / "tokens.npy"
     tokens = np.load(tok_file) if tok_file.exists() else corpus.for_run(cfg, subject.tokenizer).tokens
     tokens = tokens[:max(8, math.ceil(n_tokens / tokens.shape[1]))]
-    out_dir = cfg.path.root / "planted" / f"t{tokens.size}_s{seed}"
+    out_dir = cfg.path.planted(tokens.size, seed)
     if (out_dir / planted.PLANTED_JSON).exists():
         pset = planted.read_planted(out_dir)
     else:
         pset = planted.build_planted(subject, cfg.hook, tokens, out_dir, n_token_concepts=4, seed=seed)
     kw = dict(n_pos=n_examples, n_neg=n_examples, width=min(width, tokens.shape[1] - pset.first_pos), seed=seed)
-    exs = (planted.planted_windows(pset, tokens, **kw) if records
-           else planted.planted_examples(pset, tokens, subject.tokenizer, **kw))
+    exs = planted.planted_windows(pset, tokens, **kw)
     exs = {lat: exs[lat] for lat in sorted(exs)[:n_latents]}
     return {**planted.validity_report(scorer, pset, exs, seed=seed, metric=metric), "n_tokens": int(tokens.size),
             "folder": str(out_dir), "build_seconds": pset.seconds,
             "concepts": {p.latent: p.concept for p in pset.latents},
             "skipped_concepts": [list(s) for s in pset.skipped]}
-
-
-def _example_id(e: ExampleText | ex_mod.Example) -> str | int:
-    return e.example_id if isinstance(e, ExampleText) else f"{e.row}:{e.start}"
 
 
 def playground_scorer(scorer: Scorer, inputs: ScoringInputs, run: ScoreRun | None = None):
@@ -222,7 +144,7 @@ def playground_scorer(scorer: Scorer, inputs: ScoringInputs, run: ScoreRun | Non
     def score(latent: int, text: str) -> tuple[float, list[float | None]]:
         r = done.get((latent, text)) or scorer.score({latent: text}, {latent: inputs.examples[latent]})[0]
         by_id = {e.example_id: e.score for e in r.examples}
-        return r.metrics.auroc, [by_id.get(_example_id(e)) for e in inputs.examples[latent]]
+        return r.metrics.auroc, [by_id.get(e.id) for e in inputs.examples[latent]]
 
     return score
 
@@ -337,29 +259,33 @@ def quantile_figure(run: ScoreRun, title: str = "", *, seed: int = 0):
     return fig
 
 
-def write_scores(run_dir: str | Path, run: ScoreRun, inputs: ScoringInputs, *,
+def write_scores(run_dir: str | Path, run: ScoreRun, inputs: ScoringInputs, *, scorer: Scorer | None = None,
                  validity: Mapping[str, Any] | None = None, name: str | None = None, **header: Any) -> Path:
-    """``<run_dir>/scores/<scorer>.jsonl``: header (scorer, usage, explainer per latent, comparison,
-    validity report, settings, provenance), then one record per result (real and control), each
+    """``scores/<name>.jsonl`` (``scorers.write_run``): header (scorer, metric, comparison, usage
+    of the first latent, explainer per latent, skipped latents, validity report, settings and
+    prompt hash of ``scorer``, ``header``), then one record per result (real and control), each
     with the explainer that wrote the latent's own explanation; the validity report also goes to
-    ``scores/<scorer>_validity.json``. ``name`` replaces the scorer's name in the file names
-    (e.g. ``fuzzing_active``)."""
+    ``scores/<name>_validity.jsonl``. ``name`` defaults to the scorer's (e.g. ``fuzzing_active``)."""
+    rd = RunDir(Path(run_dir))
     name = name or run.real[0].scorer
-    head = {"kind": "scores", "scorer": name, "metric": run.metric, "usage": run.real[0].usage,
-            "seconds": run.seconds,
-            "explainer": inputs.explainer, "skipped": inputs.skipped, "comparison": run.comparison,
-            "validity": validity, **header}
-    recs = [{**metrics._plain(r), "explainer": inputs.explainer.get(r.latent)}
-            for r in run.real + run.control]
-    path = metrics.write_results(Path(run_dir) / SCORES_DIR / f"{name}.jsonl", head, recs)
+    path = write_run(rd.scores(name), run, scorer=scorer, name=name,
+                     per_latent={lat: {"explainer": ex} for lat, ex in inputs.explainer.items()},
+                     usage=run.real[0].usage, explainer=inputs.explainer, skipped=inputs.skipped,
+                     validity=validity, **header)
     if validity is not None:  # also on its own, for readers that want only the control
-        from .config import write_json
-
-        write_json(path.with_name(f"{name}_validity.json"), metrics._plain(validity))
+        write_validity(rd.validity(name), validity)
     return path
 
 
-__all__ = ["PREFERENCE", "PROFILE_SETTINGS", "profile_settings", "ScoringInputs", "select_examples", "example_texts",
-           "pick_explanations", "load_inputs", "ScoreRun", "run_scorer", "planted_control", "playground_scorer",
+def write_validity(path: str | Path, validity: Mapping[str, Any]) -> Path:
+    """A planted-latent exam (``planted.validity_report``) as a results file: the summary in the
+    header, one record per planted latent."""
+    head = {k: v for k, v in validity.items() if k != "per_latent"}
+    return results.write(path, "validity", validity.get("per_latent", ()), **head)
+
+
+__all__ = ["PREFERENCE", "ScoringInputs", "select_examples",
+           "pick_explanations", "load_inputs", "planted_control", "playground_scorer",
            "surprisal_prompt", "verdict",
-           "per_latent_figure", "example_score_figure", "quantile_curves", "quantile_figure", "write_scores"]
+           "per_latent_figure", "example_score_figure", "quantile_curves", "quantile_figure", "write_scores",
+           "write_validity"]

@@ -6,7 +6,7 @@ run's numbers and ``scores/intervention.jsonl``. The method itself is ``scorers.
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -17,48 +17,37 @@ from typing import Any
 import numpy as np
 
 from . import examples as ex_mod
-from . import explain, metrics
+from . import explain, metrics, results
+from .records import ScorerResult
+from .rundir import RunDir
+from .scorers import base
 from .scorers import intervention as iv
 
-# Per profile: latents, prompts per latent, prompt length cap, generated tokens, calibration
-# forwards, rows of the corpus the random SAE's prompts come from.
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32),
-    "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96),
-    "full": dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14,
-                 random_rows=2048),
-}
+# The run's knobs per profile are ``config.settings("intervention", profile, ...)``.
 CONDITIONS = ("trained", iv.SHUFFLED, iv.RANDOM_SAE, "input_explanation")
 
 
-def profile_settings(profile: str, **overrides: Any) -> dict[str, Any]:
-    """The profile's knobs, then every override that is not None."""
-    out = dict(PROFILE_SETTINGS.get(profile, PROFILE_SETTINGS["demo"]))
-    out.update({k: v for k, v in overrides.items() if v is not None})
-    return out
+def _rundir(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
-def chapter_latents(run_dir: str | Path, n: int | None = None) -> list[int]:
+def chapter_latents(run_dir: str | Path | RunDir, n: int | None = None) -> list[int]:
     """The latents chapter 02 built examples for (not skipped), in order; the first ``n``."""
-    path = Path(run_dir) / "examples.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"No examples.jsonl in {Path(run_dir).resolve()}: run "
-                                "notebooks/02_explaining.ipynb for this run dir first.")
-    return [x.latent for x in ex_mod.load(path)[1] if not x.skipped][:n]
+    return [x.latent for x in ex_mod.load(_rundir(run_dir).require("examples"))[1] if not x.skipped][:n]
 
 
-def input_explanations(run_dir: str | Path) -> dict[int, str]:
+def input_explanations(run_dir: str | Path | RunDir) -> dict[int, str]:
     """latent -> the chapter-02 explanation that the scoring chapters use (``explainer="auto"``)."""
     from .scoring import pick_explanations
 
-    return {lat: text for lat, (_, text) in pick_explanations(explain.load_records(run_dir)[1])[0].items()}
+    return {lat: text for lat, (_, text) in pick_explanations(explain.load_records(_rundir(run_dir).root)[1])[0].items()}
 
 
 @dataclass(frozen=True)
 class InterventionRun:
     """Results per condition (``CONDITIONS``) and the seconds each took."""
 
-    results: dict[str, list[iv.InterventionResult]]
+    results: dict[str, list[ScorerResult]]
     seconds: dict[str, float]
     skipped: dict[int, str]
 
@@ -76,7 +65,7 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
     scorer = scorer or subject
     kw = dict(target_kl=target_kl, n_tokens=gen_tokens, seed=seed, scorer=scorer,
               calibration_steps=calibration_steps)
-    out: dict[str, list[iv.InterventionResult]] = {c: [] for c in CONDITIONS}
+    out: dict[str, list[ScorerResult]] = {c: [] for c in CONDITIONS}
     secs: dict[str, float] = {}
     skipped: dict[int, str] = {}
     t0 = time.perf_counter()
@@ -139,40 +128,27 @@ def table(run: InterventionRun):
     """One row per latent and condition: score (nats) +- SEM, strength, KL, explanation."""
     import pandas as pd
 
-    rows = [{"latent": r.latent, "condition": c, "score_nats": r.score_nats, "sem": r.sem,
-             "strength": r.strength, "strength_rel": r.strength_rel, "kl": r.achieved_kl,
-             "explanation": r.explanation} for c, res in run.results.items() for r in res]
+    rows = [{"latent": r.latent, "condition": c, "mean_score": r.metrics.mean_score, "sem": r.metrics.sem,
+             "strength": r.details["strength"], "strength_rel": r.details["strength_rel"],
+             "kl": r.details["achieved_kl"], "explanation": r.explanation}
+            for c, res in run.results.items() for r in res]
     return pd.DataFrame(rows).set_index(["condition", "latent"]).round(3)
-
-
-def _diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-             paired: bool = False) -> metrics.MeanWithCI:
-    """Mean of a minus mean of b with a percentile-bootstrap 95% CI (pairs resampled together
-    when ``paired``, else each side on its own)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if paired:
-        return metrics.mean_ci(a - b, n_boot=n_boot, seed=seed)
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, len(a), (n_boot, len(a)))
-    ib = rng.integers(0, len(b), (n_boot, len(b)))
-    boots = a[ia].mean(1) - b[ib].mean(1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return metrics.MeanWithCI(float(a.mean() - b.mean()), float(lo), float(hi), min(len(a), len(b)), 0, n_boot)
 
 
 def summary(run: InterventionRun, *, seed: int = 0) -> dict[str, Any]:
     """Per condition: mean score with a bootstrap CI and the max over latents (the reference
-    reports maxima); trained minus each control with its CI (paired for controls that reuse the
-    trained generations, unpaired for the random SAE, whose latents are other directions)."""
-    score = {c: [r.score_nats for r in res] for c, res in run.results.items() if res}
+    reports maxima); trained minus each control (``base.compare`` on ``mean_score``: paired for
+    controls that reuse the trained generations of the same latents, unpaired for the random
+    SAE, whose latents are other directions)."""
+    res = {c: r for c, r in run.results.items() if r}
+    score = {c: [x.metrics.mean_score for x in r] for c, r in res.items()}
     out: dict[str, Any] = {"conditions": {c: {"mean": metrics.mean_ci(v, seed=seed), "max": float(max(v)),
                                               "n": len(v)} for c, v in score.items()}}
-    diffs = {}
-    for c in score:
-        if c != "trained":
-            diffs[c] = _diff_ci(score["trained"], score[c], seed=seed,
-                                paired=c != iv.RANDOM_SAE and len(score[c]) == len(score["trained"]))
-    out["trained_minus"] = diffs
+    lat = {c: sorted(x.latent for x in r) for c, r in res.items()}
+    out["trained_minus"] = {
+        c: base.compare(res["trained"], r, "mean_score", seed=seed,
+                        paired=c != iv.RANDOM_SAE and lat[c] == lat["trained"]).diff
+        for c, r in res.items() if c != "trained"}
     return out
 
 
@@ -208,9 +184,10 @@ def figure(run: InterventionRun, title: str = ""):
     fig = go.Figure()
     for c, res in run.results.items():
         if res:
-            fig.add_bar(x=[str(r.latent) for r in res], y=[r.score_nats for r in res], name=c,
+            sem = [r.metrics.sem for r in res]
+            fig.add_bar(x=[str(r.latent) for r in res], y=[r.metrics.mean_score for r in res], name=c,
                         marker_color=colors.get(c), hovertext=[r.explanation for r in res],
-                        error_y=dict(type="data", array=[0 if math.isnan(r.sem) else r.sem for r in res]))
+                        error_y=dict(type="data", array=[0 if math.isnan(v) else v for v in sem]))
     fig.add_hline(y=0, line_dash="dash")
     fig.update_layout(barmode="group", title=title or "Intervention score per latent (nats, +-SEM)",
                       xaxis_title="latent", yaxis_title="NLL(clean) - NLL(intervened), nats", height=400,
@@ -218,36 +195,39 @@ def figure(run: InterventionRun, title: str = ""):
     return fig
 
 
-def calibration_figure(result: iv.InterventionResult):
+def calibration_figure(result: ScorerResult):
     """The strength search of one latent: mean KL at every strength tried, and the target."""
     import plotly.graph_objects as go
 
     steps = sorted(result.usage.get("calibration_steps", ()))
+    target = result.details["target_kl"]
     fig = go.Figure(go.Scatter(x=[s for s, _ in steps], y=[k for _, k in steps], mode="lines+markers",
                                name="mean KL(clean || intervened)"))
-    fig.add_hline(y=result.target_kl, line_dash="dash", annotation_text=f"target {result.target_kl}")
-    fig.add_vline(x=result.strength, line_dash="dot", annotation_text="chosen")
+    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target}")
+    fig.add_vline(x=result.details["strength"], line_dash="dot", annotation_text="chosen")
     fig.update_layout(title=f"Latent {result.latent}: strength calibration", xaxis_type="log", yaxis_type="log",
                       xaxis_title="strength (activation units)", yaxis_title="mean next-token KL (nats)",
                       height=340, template="plotly_white")
     return fig
 
 
-def scorer_prompt(result: iv.InterventionResult, index: int = 0, intervened: bool = True) -> str:
+def scorer_prompt(result: ScorerResult, index: int = 0, intervened: bool = True) -> str:
     """The exact text the scorer LM reads for one prompt (the explanation is what it predicts)."""
-    e = result.examples[index]
-    return iv.TEMPLATE.format(passage=e.intervened if intervened else e.clean) + result.explanation + "'"
+    e = result.examples[index].details
+    return iv.TEMPLATE.format(passage=e["intervened"] if intervened else e["clean"]) + result.explanation + "'"
 
 
-def write_results(run_dir: str | Path, run: InterventionRun, *, seed: int = 0, **header: Any) -> Path:
-    """``<run_dir>/scores/intervention.jsonl``: header (summary, timings, settings, provenance),
-    then one record per latent and condition."""
-    head = {"kind": "scores", "scorer": "intervention", "summary": summary(run, seed=seed),
-            "seconds": run.seconds, "skipped": run.skipped, **header}
-    recs = [{**dataclasses.asdict(r), "condition": c} for c, res in run.results.items() for r in res]
-    return metrics.write_results(Path(run_dir) / "scores" / "intervention.jsonl", head, recs)
+def write_results(run_dir: str | Path | RunDir, run: InterventionRun, *, seed: int = 0,
+                  settings: Mapping[str, Any] | None = None, **header: Any) -> Path:
+    """``<run_dir>/scores/intervention.jsonl`` (``results.write``, kind "scores"): header (metric,
+    summary, timings, skipped latents, ``settings``, ``header``), then one record per latent and
+    condition (the ``ScorerResult`` plus its ``condition``)."""
+    recs = [{**results.plain(r), "condition": c} for c, res in run.results.items() for r in res]
+    return results.write(_rundir(run_dir).scores("intervention"), "scores", recs, settings=settings,
+                         prompt_hash=hashlib.sha256(iv.TEMPLATE.encode()).hexdigest()[:16],
+                         scorer=iv.NAME, metric="mean_score", summary=summary(run, seed=seed),
+                         seconds=run.seconds, skipped=run.skipped, **header)
 
 
-__all__ = ["PROFILE_SETTINGS", "CONDITIONS", "profile_settings", "chapter_latents", "input_explanations",
-           "InterventionRun", "run_all", "table", "summary", "verdict", "figure", "calibration_figure",
-           "scorer_prompt", "write_results"]
+__all__ = ["CONDITIONS", "chapter_latents", "input_explanations", "InterventionRun", "run_all", "table",
+           "summary", "verdict", "figure", "calibration_figure", "scorer_prompt", "write_results"]

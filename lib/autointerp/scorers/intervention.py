@@ -16,6 +16,9 @@ probability rose most; generate a few tokens clean and intervened (same seed); a
 ``<passage> ... The above passage contains an amplified amount of '<explanation>'`` and the score is
 mean over prompts of NLL(explanation | clean) - NLL(explanation | intervened), in nats.
 Controls: a random SAE (``random_sae_control``) and shuffled explanations (``shuffled_control``).
+Every scoring function returns ``records.ScorerResult`` (scorer "intervention"): one
+``ScoredExample`` per prompt (score = that prompt's NLL drop), ``metrics.mean_score`` / ``sem``
+over prompts, and the calibration (strength, KL, raised tokens) in ``details``.
 """
 from __future__ import annotations
 
@@ -25,15 +28,18 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import shuffled_explanations
+from ..metrics import NAN, LatentMetrics
+from ..records import ScoredExample, ScorerResult
+from .base import shuffled_explanations
 
 TEMPLATE = "{passage} ... The above passage contains an amplified amount of '"
+NAME = "intervention"
 RANDOM_SAE = "random_sae"
 SHUFFLED = "shuffled"
 
@@ -49,40 +55,6 @@ class Calibration:
     act_scale: float  # mean z_j at the intervened positions (clean)
     converged: bool  # achieved KL within rtol of the target
     steps: tuple[tuple[float, float], ...]
-
-
-@dataclass(frozen=True)
-class InterventionExample:
-    """One prompt: its text, clean and intervened continuations, and the two explanation NLLs."""
-
-    prompt: str
-    clean: str
-    intervened: str
-    nll_clean: float
-    nll_intervened: float
-
-    @property
-    def delta(self) -> float:
-        return self.nll_clean - self.nll_intervened
-
-
-@dataclass(frozen=True)
-class InterventionResult:
-    """One latent scored by intervention. ``control``: None, ``"random_sae"`` or ``"shuffled"``."""
-
-    latent: int
-    strength: float
-    strength_rel: float
-    achieved_kl: float
-    target_kl: float
-    explanation: str
-    score_nats: float
-    sem: float
-    n_prompts: int
-    control: str | None = None
-    raised: tuple[tuple[str, float], ...] = ()  # (token, mean probability increase)
-    examples: tuple[InterventionExample, ...] = ()
-    usage: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -349,7 +321,7 @@ def _text(tokenizer, ids: np.ndarray) -> str:
 def score_latent(subject, sae, hook: str, latent: int, prompts: Sequence[np.ndarray], *,
                  explanation: str | None = None, target_kl: float = 0.5, n_tokens: int = 8,
                  n_raised: int = 3, seed: int = 0, scorer=None, control: str | None = None,
-                 calibration_steps: int = 14) -> InterventionResult:
+                 calibration_steps: int = 14) -> ScorerResult:
     """Calibrate, explain (unless ``explanation`` is given), generate and score one latent.
     ``scorer`` defaults to the subject model."""
     t0 = time.perf_counter()
@@ -369,7 +341,11 @@ def score_latent(subject, sae, hook: str, latent: int, prompts: Sequence[np.ndar
     texts = [_text(tok, p) for p in batch.prompts]
     pc = [t + _text(tok, g) for t, g in zip(texts, clean)]
     pi = [t + _text(tok, g) for t, g in zip(texts, steered)]
-    result = _scored(latent, cal, expl, raised, texts, pc, pi, scorer or subject, control)
+    details = {"strength": cal.strength,
+               "strength_rel": cal.strength / cal.act_scale if cal.act_scale > 0 else NAN,
+               "achieved_kl": cal.achieved_kl, "target_kl": cal.target_kl,
+               "raised": [[t, p] for t, p in raised]}
+    result = _scored(latent, expl, texts, pc, pi, scorer or subject, control, details)
     t_end = time.perf_counter()
     return dataclasses.replace(result, usage={
         "seed": seed, "n_tokens": n_tokens, "hook": hook, "calibration_steps": cal.steps,
@@ -377,46 +353,47 @@ def score_latent(subject, sae, hook: str, latent: int, prompts: Sequence[np.ndar
         "seconds": {"calibrate": t_cal - t0, "generate": t_gen - t_cal, "score": t_end - t_gen}})
 
 
-def _scored(latent: int, cal: Calibration, expl: str, raised, prompts: Sequence[str],
-            clean: Sequence[str], steered: Sequence[str], scorer,
-            control: str | None) -> InterventionResult:
+def _scored(latent: int, expl: str, prompts: Sequence[str], clean: Sequence[str],
+            steered: Sequence[str], scorer, control: str | None,
+            details: Mapping[str, Any]) -> ScorerResult:
+    """Score ``expl`` on clean vs intervened passages: one ScoredExample per prompt."""
     nc = explanation_nll(scorer, clean, expl)
     ni = explanation_nll(scorer, steered, expl)
     d = nc - ni
-    sem = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    ex = tuple(InterventionExample(p, c, s, float(a), float(b))
-               for p, c, s, a, b in zip(prompts, clean, steered, nc, ni))
-    return InterventionResult(
-        latent=latent, strength=cal.strength,
-        strength_rel=cal.strength / cal.act_scale if cal.act_scale > 0 else float("nan"),
-        achieved_kl=cal.achieved_kl, target_kl=cal.target_kl, explanation=expl,
-        score_nats=float(d.mean()), sem=sem, n_prompts=len(d), control=control,
-        raised=tuple(raised), examples=ex)
+    sem = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else NAN
+    ex = tuple(ScoredExample(latent=latent, example_id=i, text=p, label=True, quantile=None,
+                             score=float(a) - float(b),
+                             details={"clean": c, "intervened": s, "nll_clean": float(a),
+                                      "nll_intervened": float(b)})
+               for i, (p, c, s, a, b) in enumerate(zip(prompts, clean, steered, nc, ni)))
+    m = LatentMetrics(latent=latent, n_pos=len(d), n_neg=0, n_failed=0, balanced_accuracy=NAN,
+                      precision=NAN, recall=NAN, f1=NAN, auroc=NAN, mean_score=float(d.mean()),
+                      sem=sem)
+    return ScorerResult(latent=latent, scorer=NAME, explanation=expl, examples=ex, metrics=m,
+                        control=control, details=dict(details))
 
 
 def score_latents(subject, sae, hook: str, prompts: Mapping[int, Sequence[np.ndarray]],
-                  **kw: Any) -> list[InterventionResult]:
+                  **kw: Any) -> list[ScorerResult]:
     """``score_latent`` for each latent of ``prompts`` (sorted); latents without prompts skipped."""
     return [score_latent(subject, sae, hook, j, prompts[j], **kw)
             for j in sorted(prompts) if len(prompts[j])]
 
 
-def rescore(result: InterventionResult, explanation: str, scorer, *,
-            control: str | None = SHUFFLED) -> InterventionResult:
+def rescore(result: ScorerResult, explanation: str, scorer, *,
+            control: str | None = SHUFFLED) -> ScorerResult:
     """The same generations scored with another explanation (no new calibration/generation)."""
     if not result.examples:
         raise ValueError(f"Latent {result.latent}: result has no examples to rescore.")
-    cal = Calibration(result.latent, result.strength, result.achieved_kl, result.target_kl,
-                      result.strength / result.strength_rel if result.strength_rel else 0.0,
-                      True, ())
     ex = result.examples
-    out = _scored(result.latent, cal, explanation, result.raised, [e.prompt for e in ex],
-                  [e.clean for e in ex], [e.intervened for e in ex], scorer, control)
+    out = _scored(result.latent, explanation, [e.text for e in ex],
+                  [e.details["clean"] for e in ex], [e.details["intervened"] for e in ex],
+                  scorer, control, result.details)
     return dataclasses.replace(out, usage={**result.usage, "rescored_from": result.explanation})
 
 
-def shuffled_control(results: Sequence[InterventionResult], scorer, *,
-                     seed: int = 0) -> list[InterventionResult]:
+def shuffled_control(results: Sequence[ScorerResult], scorer, *,
+                     seed: int = 0) -> list[ScorerResult]:
     """Each latent's generations scored with another latent's explanation (seeded derangement)."""
     by = {r.latent: r for r in results}
     shuf = shuffled_explanations({j: r.explanation for j, r in by.items()}, seed)
@@ -425,7 +402,7 @@ def shuffled_control(results: Sequence[InterventionResult], scorer, *,
 
 def random_sae_control(subject, sae, hook: str, latents: Sequence[int], tokens: np.ndarray, *,
                        n_prompts: int = 8, min_len: int = 4, sae_seed: int = 0, seed: int = 0,
-                       **kw: Any) -> list[InterventionResult]:
+                       **kw: Any) -> list[ScorerResult]:
     """The whole pipeline with ``saes.random_sae`` of the same width and k as ``sae``; prompts come
     from ``tokens`` rows where each random latent fires. Latents firing nowhere are skipped."""
     from .. import saes
@@ -442,8 +419,7 @@ def random_sae_control(subject, sae, hook: str, latents: Sequence[int], tokens: 
     return out
 
 
-__all__ = ["TEMPLATE", "RANDOM_SAE", "SHUFFLED", "Calibration", "InterventionExample",
-           "InterventionResult", "prompts_from_cache", "prompts_from_rows", "intervene",
-           "PromptBatch", "calibrate", "raised_tokens", "explain_raised", "generate",
-           "explanation_nll", "score_latent", "score_latents", "rescore", "shuffled_control",
-           "random_sae_control"]
+__all__ = ["TEMPLATE", "NAME", "RANDOM_SAE", "SHUFFLED", "Calibration", "prompts_from_cache",
+           "prompts_from_rows", "intervene", "PromptBatch", "calibrate", "raised_tokens",
+           "explain_raised", "generate", "explanation_nll", "score_latent", "score_latents",
+           "rescore", "shuffled_control", "random_sae_control"]

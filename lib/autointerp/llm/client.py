@@ -5,7 +5,7 @@
 ``error`` set (never an exception). Successful responses are cached on disk by
 ``ChatRequest.key(model)``, so a rerun makes no new calls. API keys are read from an environment
 variable and never stored in requests, responses, cache files or the ledger.
-The local llama.cpp server lives in ``autointerp.llm_server`` (``local_server``, ``endpoint_or_local``).
+Where requests go is an ``endpoints.Endpoint``; the embedded llama.cpp server is ``server``.
 """
 from __future__ import annotations
 
@@ -29,70 +29,11 @@ from urllib.parse import urlparse
 
 import openai
 
+from .endpoints import Endpoint
+
 ROLES = ("system", "user", "assistant")
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 MAX_RETRY_AFTER_S = 300.0
 _CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send chat requests. The API key itself is never stored: only the env var's name."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    price_prompt_per_mtok: float | None = None
-    price_completion_per_mtok: float | None = None
-    supports_logprobs: bool | None = None  # None = unknown, learned at first use
-
-    @property
-    def is_local(self) -> bool:
-        return (urlparse(self.base_url).hostname or "") in LOCAL_HOSTS
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number (USD per million tokens)") from None
-
-
-def endpoint_from_env() -> Endpoint | None:
-    """The endpoint configured in the environment, or None when no base URL is set.
-
-    Base URL: AUTOINTERP_LLM_BASE_URL, else OPENAI_BASE_URL. Model: AUTOINTERP_LLM_MODEL, else
-    OPENAI_MODEL (required once a base URL is set). Key: the env var named by
-    AUTOINTERP_LLM_API_KEY_ENV, else AUTOINTERP_LLM_API_KEY if set, else OPENAI_API_KEY. Optional:
-    AUTOINTERP_LLM_PRICE_PROMPT / AUTOINTERP_LLM_PRICE_COMPLETION (USD per million tokens) and
-    AUTOINTERP_LLM_LOGPROBS (1/0) when the endpoint's logprob support is known.
-    """
-    base_url = os.environ.get("AUTOINTERP_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-    model = os.environ.get("AUTOINTERP_LLM_MODEL") or os.environ.get("OPENAI_MODEL")
-    if not base_url:
-        if model:
-            raise ValueError(
-                f"An LLM model is set ({model!r}) but no base URL: set AUTOINTERP_LLM_BASE_URL "
-                "(e.g. https://api.openai.com/v1 or https://openrouter.ai/api/v1), or unset "
-                "AUTOINTERP_LLM_MODEL/OPENAI_MODEL to use the embedded local server."
-            )
-        return None
-    if not model:
-        raise ValueError(
-            f"AUTOINTERP_LLM_BASE_URL/OPENAI_BASE_URL is set ({base_url}) but no model: set "
-            "AUTOINTERP_LLM_MODEL (e.g. gpt-4o-mini) to the model name the endpoint serves."
-        )
-    key_env = os.environ.get("AUTOINTERP_LLM_API_KEY_ENV") or (
-        "AUTOINTERP_LLM_API_KEY" if os.environ.get("AUTOINTERP_LLM_API_KEY") else "OPENAI_API_KEY")
-    lp = os.environ.get("AUTOINTERP_LLM_LOGPROBS", "").strip().lower()
-    supports = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(lp)
-    return Endpoint(base_url=base_url.rstrip("/"), model=model, api_key_env=key_env,
-                    price_prompt_per_mtok=_env_float("AUTOINTERP_LLM_PRICE_PROMPT"),
-                    price_completion_per_mtok=_env_float("AUTOINTERP_LLM_PRICE_COMPLETION"),
-                    supports_logprobs=supports)
 
 
 @dataclass(frozen=True)
@@ -518,11 +459,3 @@ class LLMClient:
             return asyncio.run(main())
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="autointerp-llm") as pool:
             return pool.submit(lambda: asyncio.run(main())).result()
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("local_server", "endpoint_or_local", "LocalServer"):
-        from . import llm_server
-
-        return getattr(llm_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,144 @@
+"""The one results format: JSONL whose first line is a header naming its schema.
+
+Line 1 is ``{"header": {"schema": "autointerp.<kind>/<version>", "kind": ..., "settings": ...,
+"prompt_hash": ..., "provenance": ..., ...}}``; every further line is one record (a dataclass or a
+dict, written as plain JSON; NaN and inf as null). ``write`` is atomic (temporary file, then
+rename); ``read`` checks the schema; ``frame`` loads any results file into pandas in one call.
+Kinds: ``scores`` (one record per latent and condition), ``validity`` (a planted-latent exam, one
+record per planted latent), ``examples`` (one per latent), ``explanations`` (one per latent).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMAS: dict[str, int] = {"scores": 1, "validity": 1, "examples": 1, "explanations": 1}
+PREFIX = "autointerp."
+
+
+def schema_id(kind: str) -> str:
+    """``autointerp.<kind>/<version>`` for a known kind."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"Unknown results kind {kind!r}; kinds: {sorted(SCHEMAS)}.")
+    return f"{PREFIX}{kind}/{SCHEMAS[kind]}"
+
+
+def plain(obj: Any) -> Any:
+    """JSON-ready: dataclasses -> dicts, tuples -> lists, numpy -> Python, NaN/inf -> null."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def digest(payload: Any) -> str:
+    """sha256 (16 hex) of a JSON-able payload: the prompt hash of templates and settings."""
+    import hashlib
+
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def provenance() -> dict[str, Any]:
+    """Package versions and platform facts recorded with every result."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkgs = {}
+    for name in ("autointerp", "torch", "transformers", "nnsight", "sae-lens", "numpy", "openai",
+                 "llama-cpp-python", "sentence-transformers"):
+        try:
+            pkgs[name] = version(name)
+        except PackageNotFoundError:
+            pkgs[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs}
+
+
+def _atomic_text(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
+    return path
+
+
+def write(path: str | os.PathLike, kind: str, records: Iterable[Any], *,
+          settings: Mapping[str, Any] | None = None, prompt_hash: str | None = None,
+          **header: Any) -> Path:
+    """Write a results file atomically: the schema'd header (``header`` plus settings, prompt
+    hash and package provenance), then one line per record."""
+    head = {"schema": schema_id(kind), "kind": kind, "settings": dict(settings or {}),
+            "prompt_hash": prompt_hash, **header}
+    head.setdefault("provenance", provenance())
+
+    def lines(f) -> None:
+        f.write(json.dumps({"header": plain(head)}, allow_nan=False, default=str) + "\n")
+        for rec in records:
+            f.write(json.dumps(plain(rec), allow_nan=False, default=str) + "\n")
+
+    return _atomic_text(Path(path), lines)
+
+
+def read(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(header, records)`` of a results file; ``kind`` (optional) must match its schema."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No results file {path}.")
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+        try:
+            head = json.loads(first) if first.strip() else None
+        except json.JSONDecodeError:
+            head = None
+        schema = head.get("header", {}).get("schema") if isinstance(head, dict) and isinstance(
+            head.get("header"), dict) else None
+        if not schema or not str(schema).startswith(PREFIX):
+            raise ValueError(f"{path}: line 1 is not an autointerp results header ({{'header': "
+                             "{'schema': 'autointerp.<kind>/<version>', ...}}); write it with "
+                             "autointerp.results.write.")
+        got_kind, _, version = str(schema)[len(PREFIX):].partition("/")
+        if got_kind not in SCHEMAS or str(SCHEMAS[got_kind]) != version:
+            raise ValueError(f"{path}: schema {schema!r} is not one this version reads "
+                             f"({[schema_id(k) for k in SCHEMAS]}); rerun the chapter that wrote it.")
+        if kind is not None and got_kind != kind:
+            raise ValueError(f"{path} holds {got_kind!r} results, not {kind!r}.")
+        records = [json.loads(line) for line in f if line.strip()]
+    return head["header"], records
+
+
+def frame(path: str | os.PathLike):
+    """Any results file as a pandas DataFrame, one row per record: nested dicts flatten to
+    ``a.b`` columns, lists stay list cells, null reads as NaN/None. The header is ``df.attrs["header"]``."""
+    import pandas as pd
+
+    header, records = read(path)
+    df = pd.json_normalize(records) if records else pd.DataFrame()
+    df.attrs["header"] = header
+    return df
+
+
+def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write one JSON document atomically (run.json, the cache summary)."""
+    return _atomic_text(Path(path), lambda f: f.write(json.dumps(plain(payload), indent=2, default=str)))
+
+
+__all__ = ["SCHEMAS", "schema_id", "plain", "digest", "provenance", "write", "read", "frame", "write_json"]
