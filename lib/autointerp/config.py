@@ -59,6 +59,12 @@ class RunConfig:
 
 
 PROFILE_NAMES = ("smoke", "demo", "full")
+# the LLM-judge chapters' sizes (03 detection, 04 fuzzing): latents, excerpts, planted exam
+_JUDGE: dict[str, dict[str, Any]] = {
+    "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2),
+    "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2),
+    "full": dict(planted_latents=8, planted_examples=20),
+}
 
 # THE settings table: every profile default of every stage and scorer, a section per stage.
 # In each section "all" holds what every profile shares, then one entry per profile overrides it;
@@ -109,16 +115,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # model), ~1.5-3 s each on 2 cores: the demo keeps the 5 latents a claim needs
     # (metrics.MIN_LATENTS_FOR_CLAIM) and few excerpts; a real endpoint with the full profile uses
     # the reference's sizes. n_trials: intruder trials per latent (chapter 03).
-    "detection": {
-        "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2, n_trials=1),
-        "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2, n_trials=2),
-        "full": dict(planted_latents=8, planted_examples=20, n_trials=10),
-    },
-    "fuzzing": {
-        "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2),
-        "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2),
-        "full": dict(planted_latents=8, planted_examples=20),
-    },
+    "detection": {p: {**_JUDGE[p], "n_trials": n} for p, n in (("smoke", 1), ("demo", 2), ("full", 10))},
+    "fuzzing": _JUDGE,
     "simulation": {
         "smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
         "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
