@@ -11,7 +11,7 @@ import torch
 from conftest import random_topk_sae
 from fault_server import FaultServer
 
-from autointerp import cache, examples as ex, explain as xp
+from autointerp import cache, examples as ex, explain as xp, neighbours
 from autointerp.llm import Endpoint, LLMClient, open_endpoint
 from autointerp.records import LatentExamples, Window
 
@@ -148,9 +148,9 @@ def test_neighbours_by_decoder_cosine_and_cooccurrence(reader, latents):
     rng = np.random.default_rng(0)
     dec = rng.normal(size=(reader.d_sae, 16)).astype(np.float32)
     dec[latents[1]] = dec[latents[0]] + 0.01 * rng.normal(size=16)
-    assert ex.decoder_neighbours(dec, [latents[0]], 3)[latents[0]][0] == latents[1]
+    assert neighbours.decoder_neighbours(dec, [latents[0]], 3)[latents[0]][0] == latents[1]
     j = latents[0]
-    got = ex.cooccurrence_neighbours(reader, [j], 3)[j]
+    got = neighbours.cooccurrence_neighbours(reader, [j], 3)[j]
     mine = set(reader.latent(j)[0].tolist())
     jac = {k: len(mine & set(reader.latent(k)[0].tolist()))
            / len(mine | set(reader.latent(k)[0].tolist())) for k in range(reader.d_sae) if k != j}

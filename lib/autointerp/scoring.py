@@ -19,7 +19,7 @@ import numpy as np
 
 from . import examples as ex_mod
 from . import explain, metrics, results
-from .records import Explanation, LatentExamples, Window, window_text
+from .records import Explanation, LatentExamples, Window
 from .rundir import RunDir
 from .scorers import CHANCE, METRIC_LABELS, Scorer, ScoreRun, write_run
 

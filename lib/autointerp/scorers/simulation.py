@@ -1,7 +1,7 @@
 """Simulation scorer (METHODS §4, OpenAI-style): the judge reads the explanation and one example's
 tokens, numbered one per line, and predicts an integer activation 0-10 for every token.
 
-- True levels: ``examples.activation_levels(acts, latent_max)`` (0-10; negative acts are 0), where
+- True levels: ``records.activation_levels(acts, latent_max)`` (0-10; negative acts are 0), where
   ``latent_max`` is the scorer's mapping or, without one, the max act over the latent's examples.
 - Per example: ``score`` = the max predicted level over its tokens (``prediction`` stays None), so
   the latent's AUROC ranks activating above non-activating examples. ``metrics.correlation`` is
