@@ -38,12 +38,6 @@ class Chapter:
     def rundir(self) -> RunDir:
         return self.cfg.path
 
-    def settings_table(self):
-        """The chapter's resolved settings as a one-column DataFrame."""
-        import pandas as pd
-
-        return pd.Series({**self.settings, "seed": self.seed}, name="setting").to_frame()
-
     def inputs_table(self):
         """Per scored latent: which explainer wrote its explanation, the text, examples used."""
         import pandas as pd

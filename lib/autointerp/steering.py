@@ -6,7 +6,6 @@ run's numbers and ``scores/intervention.jsonl``. The method itself is ``scorers.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -224,7 +223,7 @@ def write_results(run_dir: str | Path | RunDir, run: InterventionRun, *, seed: i
     condition (the ``ScorerResult`` plus its ``condition``)."""
     recs = [{**results.plain(r), "condition": c} for c, res in run.results.items() for r in res]
     return results.write(_rundir(run_dir).scores("intervention"), "scores", recs, settings=settings,
-                         prompt_hash=hashlib.sha256(iv.TEMPLATE.encode()).hexdigest()[:16],
+                         prompt_hash=results.digest({"template": iv.TEMPLATE}),
                          scorer=iv.NAME, metric="mean_score", summary=summary(run, seed=seed),
                          seconds=run.seconds, skipped=run.skipped, **header)
 
