@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -176,8 +178,92 @@ def test_stats_equal_per_latent_reference(tmp_path, subject, topk_sae, rows, top
     np.testing.assert_array_equal(reader.stats.top_token_share, share.astype(np.float32))
 
 
-def test_stats_rebuilt_if_missing(tmp_path, subject, topk_sae, rows):
+def _later_clock(monkeypatch):
+    """Run the rest of the test a day later by the wall clock (zip members carry a date)."""
+    import time
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86_400)
+
+
+def _stats_fields(stats):
+    return {"count": stats.count, "max_act": stats.max_act, "mean_act": stats.mean_act,
+            "top_token_share": stats.top_token_share}
+
+
+def test_stats_rebuilt_if_missing(tmp_path, subject, topk_sae, rows, monkeypatch):
     reader = _build(tmp_path, subject, topk_sae, rows)
-    count = reader.stats.count
+    before, stats_bytes = _stats_fields(reader.stats), (tmp_path / "stats.npz").read_bytes()
     (tmp_path / "stats.npz").unlink()  # stopped after the index, before the stats
-    np.testing.assert_array_equal(_build(tmp_path, subject, topk_sae, rows).stats.count, count)
+    _later_clock(monkeypatch)
+    rebuilt = _build(tmp_path, subject, topk_sae, rows).stats
+    for name, arr in _stats_fields(rebuilt).items():
+        assert arr.dtype == before[name].dtype, name
+        np.testing.assert_array_equal(arr, before[name], err_msg=name)
+    assert rebuilt.n_tokens == reader.stats.n_tokens
+    assert (tmp_path / "stats.npz").read_bytes() == stats_bytes
+
+
+def _cache_files(root):
+    """Bytes of every file of a finished cache, by path relative to it."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stop", ["mid_index", "before_rename", "in_stats", "stale_old_index"])
+def test_rerun_after_crash_in_index_build_is_identical(tmp_path, subject, topk_sae, rows,
+                                                       monkeypatch, stop):
+    _build(tmp_path / "clean", subject, topk_sae, rows)
+    crashed = tmp_path / "crashed"
+    with monkeypatch.context() as m:
+        if stop == "mid_index":  # killed while filling index.tmp/, after its first shard
+            real_iter = cache._iter_shards
+
+            def dying_iter(cache_dir, manifest):
+                for i, s in enumerate(real_iter(cache_dir, manifest)):
+                    if i == 1:
+                        raise KeyboardInterrupt
+                    yield s
+            m.setattr(cache, "_iter_shards", dying_iter)
+        elif stop == "before_rename":  # index.tmp/ complete, not yet renamed to index/
+            real_replace = cache.os.replace
+
+            def dying_replace(src, dst):
+                if Path(src).name == "index.tmp":
+                    raise KeyboardInterrupt
+                real_replace(src, dst)
+            m.setattr(cache.os, "replace", dying_replace)
+        else:  # "in_stats", "stale_old_index": index/ done, killed writing stats.npz.tmp
+            def dying_stats(cache_dir, manifest, top_n, chunk=1 << 18):
+                (cache_dir / "stats.npz.tmp").write_bytes(b"half the stats")
+                raise KeyboardInterrupt
+            m.setattr(cache, "_write_stats", dying_stats)
+        with pytest.raises(KeyboardInterrupt):
+            _build(crashed, subject, topk_sae, rows)
+    if stop == "stale_old_index":  # and an older run left a half index.tmp/ with a half file
+        (crashed / "index.tmp").mkdir()
+        (crashed / "index.tmp" / "flat.npy").write_bytes(b"half")
+    assert (crashed / "index.tmp").is_dir() == (stop != "in_stats")
+    assert not (crashed / "stats.npz").exists()
+    _later_clock(monkeypatch)
+    resumed = _build(crashed, subject, topk_sae, rows)
+    clean = _cache_files(tmp_path / "clean")
+    assert "stats.npz" in clean and "index/ptr.npy" in clean
+    assert sorted(_cache_files(crashed)) == sorted(clean)  # no index.tmp/, no *.tmp left
+    for name, data in clean.items():
+        assert _cache_files(crashed)[name] == data, name
+    assert resumed.stats.count.sum() == resumed.stats.n_tokens * topk_sae.cfg.k
+
+
+def test_fingerprint_covers_whole_tensors():
+    from conftest import random_topk_sae
+
+    a, b = random_topk_sae(d_sae=1024, seed=5), random_topk_sae(d_sae=1024, seed=5)
+    assert a.W_dec.numel() * 4 > 2 * (1 << 20)  # past the first MiB of the tensor
+    assert cache.sae_fingerprint(a) == cache.sae_fingerprint(b)  # same weights, same hash
+    with torch.no_grad():
+        b.W_dec[-1, -1] += 1.0  # the last value of W_dec only
+    assert cache.sae_fingerprint(a) != cache.sae_fingerprint(b)
+    with torch.no_grad():
+        b.W_dec[-1, -1] -= 1.0
+        b.b_dec[-1] = 1e-6  # a small tensor's last value
+    assert cache.sae_fingerprint(a) != cache.sae_fingerprint(b)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -100,11 +101,13 @@ def _npz_writer(arrays: dict[str, np.ndarray]) -> Callable[[Path], None]:
 
 
 def sae_fingerprint(sae) -> str:
-    """Short hash of an SAE's weights, so a cache knows which SAE made it."""
+    """Short hash of all of an SAE's weights (as float32, streamed in 16 MiB chunks of each tensor),
+    so a cache knows which SAE made it."""
     h = hashlib.sha256()
     for name, tensor in sorted(sae.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().reshape(-1).view(np.uint8)[:1 << 20].tobytes())
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        for part in tensor.detach().reshape(-1).split(1 << 22):
+            h.update(part.float().cpu().contiguous().numpy())
     return h.hexdigest()[:16]
 
 
@@ -249,8 +252,11 @@ def _prepare(cache_dir: Path, manifest: CacheManifest, tokens: np.ndarray) -> No
     """Create the cache folder, or check that an existing one was made with the same settings."""
     shard_dir = cache_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cache_dir.rglob("*.tmp"):  # leftovers of an interrupted write
-        stale.unlink()
+    for stale in sorted(cache_dir.rglob("*.tmp")):  # leftovers of an interrupted write (parents first)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)  # index.tmp/: a killed build_index
+        elif os.path.lexists(stale):  # not inside a folder removed above
+            stale.unlink()
     mpath = cache_dir / "manifest.json"
     if mpath.exists():
         old = json.loads(mpath.read_text())
@@ -303,8 +309,8 @@ def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50,
         cursor += c
     del flat, value  # unmapped, not msync'ed: the pages are in the page cache for any reader
     np.save(tmp_dir / "ptr.npy", ptr)
-    if idx_dir.exists():
-        import shutil
+    if idx_dir.exists():  # ptr.npy first: a half-removed index/ never reads as finished
+        (idx_dir / "ptr.npy").unlink(missing_ok=True)
         shutil.rmtree(idx_dir)
     os.replace(tmp_dir, idx_dir)
     _write_stats(cache_dir, manifest, top_n)
