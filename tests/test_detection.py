@@ -101,8 +101,9 @@ def test_parse_verdicts_is_strict():
     assert parse_verdicts("Sure: [0,1]", 2) == ([0, 1], None)
     assert parse_verdicts("1", 1) == parse_verdicts("1\n\nBecause ...", 1) == ([1], None)
     assert parse_verdicts("1 or 0", 1)[0] is None
-    for bad, n, why in [("[1, 0]", 3, "2 answers for 3"), ("yes", 2, "no [..] list"),
-                        ("[1, maybe]", 2, "other than 0/1"), ("[]", 1, "other than 0/1")]:
+    for bad, n, why in [("[1, 0]", 3, "2 answers for 3"), ("yes", 2, "not a [..] list of 2 answers"),
+                        ("[1, maybe]", 2, "other than 0/1"), ("[]", 1, "other than 0/1"),
+                        ("yes", 1, "not the single digit 0 or 1 asked for")]:  # the message fits the question
         got, reason = parse_verdicts(bad, n)
         assert got is None and why in reason
 
@@ -187,7 +188,7 @@ def test_wrong_length_and_garbage_answers_fail_their_examples_only():
     reasons = {f["example_id"]: f["reason"] for f in r.usage["failures"]}
     assert set(reasons) == bad
     assert any("answers for" in v for v in reasons.values())
-    assert any("no [..] list" in v for v in reasons.values())
+    assert any("not a [..] list" in v for v in reasons.values())
     assert r.metrics.n_failed == len(bad) and r.metrics.balanced_accuracy == 1.0
     assert r.usage["failed_prompts"] == len({id(p) for p in prompts if bad & {s.example_id for s in p.shown}})
 
@@ -206,6 +207,30 @@ def test_logprob_scores_and_auroc(n):
     assert r.metrics.auroc == pytest.approx(auroc(expected, [e.label for e in r.examples]))
     assert 0.5 < r.metrics.auroc < 1.0  # the ' owl' activating example ranks below the negatives
     assert r.metrics.balanced_accuracy == 1.0 and "auroc_unavailable" not in r.usage
+
+
+class HedgingJudge(Judge):
+    """Like Judge, but a one-digit answer about an ' owl' excerpt comes back as "1 maybe": it
+    does not parse, though its first token still carries logprobs for '0' and '1'."""
+
+    def _echo(self, req: dict) -> str:
+        text = super()._echo(req)
+        return f"{text} maybe" if text in ("0", "1") and " owl" in req["messages"][-1]["content"] else text
+
+
+def test_an_unparsed_answer_contributes_no_score():
+    exs = make_examples(0, CAT, seed=3)
+    exs[0] = dataclasses.replace(exs[0], token_ids=(OWL,) + exs[0].token_ids[1:])
+    with HedgingJudge() as srv:
+        [r] = DetectionScorer(client_for(srv), decode=decode, n_per_prompt=1, logprobs=True).score(
+            {0: EXPL[0]}, {0: exs})
+    hedged = [e for e in r.examples if " owl" in e.text]
+    assert len(hedged) == 1 and hedged[0].prediction is None and hedged[0].score is None
+    others = [e for e in r.examples if " owl" not in e.text]
+    assert all(e.score is not None and e.prediction is not None for e in others)
+    assert r.metrics.auroc == pytest.approx(auroc([e.score for e in others], [e.label for e in others]))
+    assert "not the single digit 0 or 1" in r.usage["failures"][0]["reason"]
+    assert r.usage["score_failures"][0]["reason"] == "the answer could not be parsed"
 
 
 def test_logprobs_fallback_records_auroc_unavailable():

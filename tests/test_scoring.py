@@ -180,3 +180,15 @@ def test_binary_scorers_compare_balanced_accuracy(run_dir):
     assert all(not math.isnan(v.mean) for v in scoring.quantile_curves(run)["real"].values())  # recall
     path = scoring.write_scores(run_dir, run, inp, name="binary_variant")
     assert path.name == "binary_variant.jsonl" and results.read(path)[0]["metric"] == "balanced_accuracy"
+
+
+def test_fewer_examples_than_bins_are_spread_over_the_whole_range():
+    act = tuple(_ex(8, r, (1, 2), r % 10, "activating") for r in range(30))  # 10 bins, 3 each
+    lex = LatentExamples(8, 1.0, 30, test_activating=act, test_negative=(_ex(8, 99, (5,), None, "random"),))
+    got = [e.quantile for e in scoring.select_examples(lex, n_pos=3, n_neg=1) if e.label]
+    assert got[0] == 0 and got[-1] == 9 and len(set(got)) == 3  # strongest, middle, weakest
+    assert [e.quantile for e in scoring.select_examples(lex, n_pos=10) if e.label] == list(range(10))
+    more = [e.quantile for e in scoring.select_examples(lex, n_pos=13) if e.label]
+    assert len(more) == 13 and set(more) == set(range(10))  # every bin once, then round two
+    assert scoring.spread_bins(list(range(10)), 3) == [0, 4, 9, 1, 2, 3, 5, 6, 7, 8]
+    assert scoring.spread_bins([0, 1], 5) == [0, 1] and scoring.spread_bins([0, 3, 7], 1) == [0, 3, 7]

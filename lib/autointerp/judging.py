@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .llm import Endpoint, LLMClient, connect, safe_url
+from . import metrics
 from .metrics import MIN_LATENTS_FOR_CLAIM
 from .records import ScorerResult
 from .rundir import RunDir
@@ -77,6 +78,54 @@ def failure_summary(results: Sequence[ScorerResult], n_show: int = 3) -> str:
     reasons = list(dict.fromkeys(f["reason"] for r in results for f in r.usage.get("failures", ())))
     text = f"{bad} of {n} prompts ({bad / max(n, 1):.0%}) got an answer that could not be parsed"
     return text + (f"; for example: {'; '.join(reasons[:n_show])}." if reasons else ".")
+
+
+def judge_behaviour(results: Sequence[ScorerResult]) -> dict[str, Any]:
+    """How the judge answered, over the given results: parsed 0/1 answers and how many were 1,
+    every served P("1"), and the latents whose P("1") was the same for every excerpt (all tied:
+    their AUROC is 0.5 by construction)."""
+    preds = [e.prediction for r in results for e in r.examples if e.prediction is not None]
+    probs = [float(e.score) for r in results for e in r.examples if e.score is not None]
+    tied = []
+    for r in results:
+        s = [e.score for e in r.examples if e.score is not None]
+        if len(s) >= 2 and len(set(s)) == 1:
+            tied.append(r.latent)
+    return {"n_answers": len(preds), "n_one": int(sum(preds)),
+            "share_one": sum(preds) / len(preds) if preds else float("nan"),
+            "p_one": probs, "n_results": len(results), "tied": tied}
+
+
+def behaviour_note(b: Mapping[str, Any]) -> str:
+    """What the judge's answers say about the judge (a yes-sayer, a no-sayer, ties), from ``b``."""
+    if not b["n_answers"]:
+        return "The judge gave no answer that could be parsed: nothing to read from it."
+    share = b["share_one"]
+    text = f"The judge answered 1 on {b['n_one']} of {b['n_answers']} parsed answers ({share:.0%})"
+    if share >= 0.9:
+        text += (": it says yes to almost everything. Recall near 1 with precision near 0.5 is what a "
+                 "yes-sayer scores on a balanced test set, not a measurement of the explanations.")
+    elif share <= 0.1:
+        text += ": it says no to almost everything, so recall and F1 measure the judge, not the explanations."
+    else:
+        text += "."
+    if b["p_one"]:
+        text += (f" P(\"1\") ranged {min(b['p_one']):.2f}-{max(b['p_one']):.2f} over {len(b['p_one'])} excerpts.")
+    if b["tied"]:
+        text += (f" {len(b['tied'])} of {b['n_results']} latent-conditions got the same P(\"1\") for every "
+                 f"excerpt (latents {sorted(set(b['tied']))}): their AUROC of 0.5 means no signal, not a measurement.")
+    return text
+
+
+def behaviour_figure(b: Mapping[str, Any], title: str = ""):
+    """Histogram of the judge's P("1") over every scored excerpt."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Histogram(x=b["p_one"], xbins=dict(start=0, end=1, size=0.05), marker_color="#3b75af"))
+    fig.update_layout(title=title or 'The judge\'s P("1") over every excerpt (real and shuffled)',
+                      xaxis_title='P("1")', yaxis_title="excerpts", xaxis_range=[0, 1], height=300,
+                      template="plotly_white")
+    return fig
 
 
 def per_latent_cost(results: Sequence[ScorerResult]) -> dict[str, float]:
@@ -145,10 +194,13 @@ def intruder_summary(name: str, run: Any, *, seed: int = 0) -> str:
     head = (f"{name}: accuracy {c.real.mean:.2f} on real trials vs {c.control.mean:.2f} on the mixed "
             f"control (chance {chance:.2f}); difference {c.diff.mean:+.2f} [95% CI {c.diff.low:+.2f}, "
             f"{c.diff.high:+.2f}] over {c.diff.n} latents; {failed} of {total} trials unparseable.")
-    if c.diff.n < MIN_LATENTS_FOR_CLAIM:
-        return head + f" Too few latents for a claim (needs {MIN_LATENTS_FOR_CLAIM})."
-    return head + (" The latents' activating excerpts share something this judge can see." if c.diff.low > 0
-                   else " Not distinguishable from the control: NOT a finding.")
+    return head + {
+        metrics.TOO_FEW: f" Too few latents for a claim (needs {MIN_LATENTS_FOR_CLAIM}).",
+        metrics.ABOVE: " The latents' activating excerpts share something this judge can see.",
+        metrics.BELOW: (" Below the mixed control: the judge does worse on a latent's own excerpts "
+                        "than on unrelated ones; investigate."),
+        metrics.NOT_DISTINGUISHABLE: " Not distinguishable from the control: NOT a finding.",
+    }[metrics.verdict(c.diff)]
 
 
 def write_intruder(run_dir: str | Path, name: str, run: Any, *, scorer: Any = None, seed: int = 0,
@@ -166,5 +218,6 @@ def write_intruder(run_dir: str | Path, name: str, run: Any, *, scorer: Any = No
     return write_run(RunDir(run_dir).scores(name), run, scorer=scorer, name=name, seed=seed, **header)
 
 
-__all__ = ["Judge", "open_judge", "judge_settings", "failure_summary", "per_latent_cost",
+__all__ = ["Judge", "open_judge", "judge_settings", "failure_summary", "judge_behaviour", "behaviour_note",
+           "behaviour_figure", "per_latent_cost",
            "honesty_note", "intruder_figure", "intruder_summary", "write_intruder"]

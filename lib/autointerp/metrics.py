@@ -18,6 +18,13 @@ NAN = float("nan")
 # CI is just [min, max] of their differences): verdicts say "too few latents" instead.
 MIN_LATENTS_FOR_CLAIM = 5
 
+# The four outcomes of comparing a condition with its control (``verdict``).
+ABOVE = "above the control"
+BELOW = "below the control"
+NOT_DISTINGUISHABLE = "not distinguishable from the control"
+TOO_FEW = "too few latents"
+VERDICTS = (ABOVE, BELOW, NOT_DISTINGUISHABLE, TOO_FEW)
+
 
 @dataclass(frozen=True)
 class QuantilePoint:
@@ -78,6 +85,20 @@ class PairedComparison:
     control: MeanWithCI
     diff: MeanWithCI  # mean over latents of (real - control)
     frac_real_better: float  # fraction of paired latents where real > control
+
+
+def verdict(diff: "MeanWithCI", min_latents: int = MIN_LATENTS_FOR_CLAIM) -> str:
+    """THE reading of a difference (condition minus control) with its CI, one of ``VERDICTS``:
+    ``TOO_FEW`` under ``min_latents`` latents (or no finite CI), ``ABOVE`` when the whole CI lies
+    above 0, ``BELOW`` when it lies entirely below 0 (worse than the control: investigate), else
+    ``NOT_DISTINGUISHABLE``."""
+    if diff.n < min_latents or not (math.isfinite(diff.low) and math.isfinite(diff.high)):
+        return TOO_FEW
+    if diff.low > 0:
+        return ABOVE
+    if diff.high < 0:
+        return BELOW
+    return NOT_DISTINGUISHABLE
 
 
 # -- single-latent metrics ----------------------------------------------------------------------

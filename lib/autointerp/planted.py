@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from . import saes
-from .metrics import MIN_LATENTS_FOR_CLAIM, auroc
+from . import metrics
+from .metrics import auroc
 from .records import Window
 from .results import plain
 from .scorers import Scorer, run_with_control
@@ -33,6 +34,10 @@ PLANTED_JSON = "planted.json"
 SEPARATES = "separates"
 AT_CHANCE = "at chance: this scorer model is too weak"
 TOO_FEW = "too few planted latents to tell"
+INVERTED = "below chance: true explanations score worse than shuffled ones (investigate the scorer)"
+# metrics.verdict's outcome -> what it says about a scorer taking the planted exam
+EXAM = {metrics.ABOVE: SEPARATES, metrics.NOT_DISTINGUISHABLE: AT_CHANCE, metrics.TOO_FEW: TOO_FEW,
+        metrics.BELOW: INVERTED}
 
 
 def _chars_in(allowed: str) -> Callable[[str], bool]:
@@ -310,16 +315,15 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
                     metric: str | None = "auroc") -> dict[str, Any]:
     """Score the planted latents with their true and shuffled explanations: the mean of ``metric``
     (a ``LatentMetrics`` field; keys ``true_<metric>``, ``shuffled_<metric>``) for each, the paired
-    difference with a bootstrap 95% CI, and a verdict ("separates" when the CI excludes 0 on the
-    positive side over at least ``MIN_LATENTS_FOR_CLAIM`` latents, "too few ..." under that, else
-    "at chance: this scorer model is too weak"). ``metric=None``: AUROC when the
+    difference with a bootstrap 95% CI, and a verdict (``metrics.verdict`` read as an exam:
+    ``EXAM``: "separates", "at chance ...", "below chance ..." or "too few ...").
+    ``metric=None``: AUROC when the
     scorer gave scores, else balanced accuracy (``scorers.primary_metric``)."""
     expl = {p.latent: p.explanation for p in planted.latents if p.latent in examples}
     t0 = time.perf_counter()
     run = run_with_control(scorer, expl, examples, seed=seed, metric=metric)
     real, control, metric, cmp = run.real, run.control, run.metric, run.comparison
-    verdict = (TOO_FEW if cmp.diff.n < MIN_LATENTS_FOR_CLAIM else
-               SEPARATES if cmp.diff.low > 0 else AT_CHANCE)
+    verdict = EXAM[metrics.verdict(cmp.diff)]
     concept = {p.latent: p.concept for p in planted.latents}
     shuf = {r.latent: r for r in control}
     return {
@@ -341,4 +345,4 @@ def validity_report(scorer: Scorer, planted: PlantedSet,
 
 __all__ = ["CLASS_RULES", "PlantedLatent", "PlantedSet", "build_planted", "fit_probe",
            "read_planted", "load_planted", "planted_windows", "validity_report", "SEPARATES",
-           "AT_CHANCE", "TOO_FEW"]
+           "AT_CHANCE", "TOO_FEW", "INVERTED", "EXAM"]

@@ -45,15 +45,26 @@ def _interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
     return out
 
 
+def spread_bins(bins: Sequence[int], n: int | None) -> list[int]:
+    """``bins`` reordered so that the first ``n`` are spread evenly over the whole range, first
+    and last included (e.g. 3 of 10 bins: 0, 4, 9 (rounded), then the rest in order)."""
+    bins = list(bins)
+    if n is None or n >= len(bins) or n < 1:
+        return bins
+    first = [bins[i] for i in dict.fromkeys(np.linspace(0, len(bins) - 1, n).round().astype(int).tolist())]
+    return first + [b for b in bins if b not in first]
+
+
 def select_examples(lex: LatentExamples, *, n_pos: int | None = None,
                     n_neg: int | None = None) -> list[Window]:
-    """A latent's test examples: activating first (taken round-robin over quantile bins, so the
-    first n cover every bin), then negatives (random and hard negatives alternating). ``None``
-    keeps them all."""
+    """A latent's test examples: activating first, taken round-robin over quantile bins so that
+    the first n cover every bin; with fewer examples than bins, the bins taken are spread evenly
+    from the strongest to the weakest (``spread_bins``). Then negatives (random and hard
+    negatives alternating). ``None`` keeps them all."""
     by_q: dict[int, list[Window]] = {}
     for e in lex.test_activating:
         by_q.setdefault(int(e.quantile), []).append(e)
-    pos = _interleave([by_q[q] for q in sorted(by_q)])[:n_pos]
+    pos = _interleave([by_q[q] for q in spread_bins(sorted(by_q), n_pos)])[:n_pos]
     return pos + _interleave([lex.test_negative, lex.test_hard_negative])[:n_neg]
 
 
@@ -164,29 +175,33 @@ def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
              f"shuffled: {c.control.mean:.3f} [{c.control.low:.3f}, {c.control.high:.3f}]; difference "
              f"{c.diff.mean:+.3f} [{c.diff.low:+.3f}, {c.diff.high:+.3f}] over {c.diff.n} latents "
              f"(real beats shuffled on {c.frac_real_better:.0%} of them)."]
-    if c.diff.n < metrics.MIN_LATENTS_FOR_CLAIM:
+    outcome = metrics.verdict(c.diff)
+    if outcome == metrics.TOO_FEW:
         lines.append(f"Only {c.diff.n} latent(s) got a {name} with both explanations: too few for a "
                      f"CI to mean anything (a claim needs {metrics.MIN_LATENTS_FOR_CLAIM}); score more latents.")
-    elif c.diff.low > 0:
+    elif outcome == metrics.ABOVE:
         lines.append("The CI of the difference excludes 0: on this run the explanations carry "
                      "information the scorer can use"
                      + (f", but little: a mean {name} of {c.real.mean:.2f} is close to chance ({chance})."
                         if c.real.mean < chance + 0.1 else "."))
+    elif outcome == metrics.BELOW:
+        lines.append("The CI of the difference lies entirely below 0: real explanations score WORSE "
+                     "than another latent's. That is not a null result: investigate (explanations "
+                     "that describe the wrong thing, or a scorer that rewards something else).")
     else:
         lines.append("The CI of the difference includes 0: real explanations are not distinguishable "
                      "from shuffled ones here, so this is NOT a finding about the explanations.")
     if validity is not None:
-        from .planted import SEPARATES
+        from .planted import SEPARATES, TOO_FEW
 
         sep = validity["verdict"] == SEPARATES
         lines.append(f"Validity control (planted latents, known meanings): {validity['summary']}. "
                      + (("The scorer works on this model and corpus: the real-latent result above "
-                         "is a measurement, within its CI." if c.diff.low > 0
-                         and c.diff.n >= metrics.MIN_LATENTS_FOR_CLAIM else
+                         "is a measurement, within its CI." if outcome in (metrics.ABOVE, metrics.BELOW) else
                          "The scorer works on this model and corpus, so the null result above points "
                          "at the explanations, not the scorer.") if sep else
                         "The scorer cannot even separate known meanings here: every score in this "
-                        "chapter is uninformative; use a stronger scorer model." if validity["verdict"] != "too few planted latents to tell"
+                        "chapter is uninformative; use a stronger scorer model." if validity["verdict"] != TOO_FEW
                         else "Too few planted latents to judge the scorer: raise planted_latents."))
     return "\n".join(lines)
 

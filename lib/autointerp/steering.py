@@ -157,19 +157,24 @@ def verdict(run: InterventionRun, *, seed: int = 0) -> str:
     cond = s["conditions"]
     lines = [f"{c}: mean {v['mean'].mean:+.3f} nats [95% CI {v['mean'].low:+.3f}, {v['mean'].high:+.3f}], "
              f"max {v['max']:+.3f} over {v['n']} latents" for c, v in cond.items()]
-    few = cond["trained"]["n"] < metrics.MIN_LATENTS_FOR_CLAIM
+    said = {metrics.ABOVE: "the trained SAE's interventions are explained better than this control.",
+            metrics.BELOW: ("WORSE than this control: the interventions are explained better by this "
+                            "control than by the latents' own output explanations. That is not a null "
+                            "result: investigate (a defect, or what this scorer LM rewards)."),
+            metrics.NOT_DISTINGUISHABLE: "NOT distinguishable from this control on this run.",
+            metrics.TOO_FEW: "too few latents for a claim."}
+    outcome = {c: metrics.verdict(d) for c, d in s["trained_minus"].items()}
     for c, d in s["trained_minus"].items():
-        lines.append(f"trained - {c}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]: "
-                     + ("too few latents for a claim." if few else
-                        "the trained SAE's interventions are explained better than this control." if d.low > 0
-                        else "NOT distinguishable from this control on this run."))
-    if few:
+        lines.append(f"trained - {c} (means): {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]: {said[outcome[c]]}")
+    if cond["trained"]["n"] < metrics.MIN_LATENTS_FOR_CLAIM:
         lines.append(f"Only {cond['trained']['n']} latents were steered: a claim needs "
                      f"{metrics.MIN_LATENTS_FOR_CLAIM} or more (raise n_latents).")
-    elif not any(d.low > 0 for d in s["trained_minus"].values()):
+    elif metrics.ABOVE not in outcome.values():
         lines.append("No control is beaten: with this scorer model the intervention scores are not a "
-                     "finding. A larger scorer LM (scorer_model) is what the method needs; the reference "
-                     "used Gemma-2-9B as subject and scorer (trained 3.37 vs random SAE 0.60, shuffled 0.51 nats, maxima).")
+                     "finding. A larger scorer LM (scorer_model) is what the method needs.")
+    maxima = ", ".join(f"{c} {cond[c]['max']:+.2f}" for c in ("trained", iv.RANDOM_SAE, iv.SHUFFLED) if c in cond)
+    lines.append("Maxima over latents, the statistic the reference reports (Gemma-2-9B as subject and scorer, "
+                 f"layer 32: trained 3.37, random SAE 0.60, shuffled 0.51 nats); this run: {maxima}.")
     return "\n".join(lines)
 
 

@@ -11,8 +11,8 @@ Answers are parsed strictly: no list, a non-0/1 entry or a wrong length fails ev
 that prompt (prediction None; the reason is in ``usage["failures"]``), never a guess.
 ``logprobs=True`` also scores each example as P(1)/(P(0)+P(1)) (an answer outside the served
 top-k counts as probability 0): with ``n_per_prompt=1`` (one example per prompt, the judge asked
-for one digit) at the first generated token, whatever the rest of the reply; with n > 1 at each
-position of a parsed list. If any response came back without logprobs (``logprobs_fallback``)
+for one digit) at the first generated token; with n > 1 at each position of the parsed list. An
+answer that does not parse gives neither a prediction nor a score. If any response came back without logprobs (``logprobs_fallback``)
 the latent gets no scores and ``usage["auroc_unavailable"]`` says why: AUROC is NaN, never
 substituted. Scores that cannot be read are listed in ``usage["score_failures"]``.
 All prompts of all latents go out in one ``LLMClient.run`` call.
@@ -68,7 +68,8 @@ def parse_verdicts(reply: str, n: int) -> tuple[list[int] | None, str | None]:
         return [int(first)], None
     found = LIST_RE.findall(reply)
     if not found:
-        return None, f"no [..] list in the reply {reply[:80]!r}"
+        asked = "the single digit 0 or 1 asked for" if n == 1 else f"a [..] list of {n} answers"
+        return None, f"the reply {reply[:80]!r} is not {asked}"
     parts = [p.strip() for p in found[-1].split(",")]
     if any(p not in ("0", "1") for p in parts):
         return None, f"the list [{found[-1][:60]}] holds something other than 0/1"
@@ -218,13 +219,13 @@ class DetectionScorer:
                 n_failed += 1
                 failures += [{"example_id": s.example_id, "reason": why, "reply": r.text} for s in p.shown]
             if self.logprobs and not fallback and not r.error:
-                if len(p.shown) == 1:
+                if verdicts is None:  # an unparsed answer contributes no score either
+                    pwhy = "the answer could not be parsed"
+                elif len(p.shown) == 1:
                     p1, pwhy = first_token_probability(r.top_logprobs or ())
                     probs = None if p1 is None else [p1]
-                elif verdicts is not None:
-                    probs, pwhy = list_probabilities(r.top_logprobs or (), verdicts)
                 else:
-                    pwhy = "the answer could not be parsed"
+                    probs, pwhy = list_probabilities(r.top_logprobs or (), verdicts)
                 if probs is None:
                     score_failures += [{"example_id": s.example_id, "reason": pwhy} for s in p.shown]
             elif self.logprobs and not fallback:
