@@ -11,7 +11,7 @@ import torch
 from conftest import random_topk_sae
 from fault_server import FaultServer
 
-from autointerp import cache, examples as ex, explain as xp, neighbours
+from autointerp import cache, examples as ex, explain as xp, explanations as xps, neighbours
 from autointerp.llm import Endpoint, LLMClient, open_endpoint
 from autointerp.records import LatentExamples, Window
 
@@ -54,32 +54,76 @@ def window_acts(reader, latent: int, e: Window) -> np.ndarray:
 
 
 # -- windows and quantiles ----------------------------------------------------------------------
+def _random_nonzeros(seed: int, n_rows: int, L: int, n: int):
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(np.arange(n_rows * L).reshape(n_rows, L)[:, 1:].ravel(), n, replace=False)
+    return flat, (rng.random(flat.size) + 0.1).astype(np.float32)
+
+
+def _placement_error(peak: int, start: int, L: int, W: int, first_pos: int) -> tuple[float, float]:
+    """(how far the peak sits from 3W/4 into the window, the least any W-window that holds the
+    peak, avoids BOS and fits the row could do), by trying every such window."""
+    best = min(abs(peak - s - 3 * W / 4) for s in range(first_pos, L - W + 1) if s <= peak < s + W)
+    return abs(peak - start - 3 * W / 4), best
+
+
+def _check_centred(t, flat, vals, L: int, W: int, first_pos: int = 1) -> list[int]:
+    """Properties every centred WindowTable must have; returns the indices of the windows whose
+    peak is NOT ~3/4 in (as near as the row edges allow)."""
+    dense = np.zeros(((int(flat.max()) // L) + 1, L), np.float32)
+    dense.flat[flat] = vals
+    assert np.all(t.length == W)
+    assert t.start.min() >= first_pos and (t.start + W).max() <= L  # never BOS, inside the row
+    assert list(t.max_act) == sorted(t.max_act, reverse=True)  # ranked by max activation
+    off_centre = []
+    for i, (r, s, p, m) in enumerate(zip(t.row, t.start, t.peak, t.max_act)):
+        seg = dense[r, s:s + W]
+        assert s <= p < s + W, "the window does not contain its peak"
+        assert dense[r, p] == m == seg.max() > 0, "the peak is not the window's strongest token"
+        got, best = _placement_error(int(p), int(s), L, W, first_pos)
+        # exactly 3W/4 in when that is a whole token, else the token either side of it
+        if not (got == best if (3 * W) % 4 == 0 else got < best + 1):
+            off_centre.append(i)
+    for r in np.unique(t.row):  # windows of one latent never overlap
+        assert np.all(np.diff(np.sort(t.start[t.row == r])) >= W), r
+    for r in np.unique(flat // L):  # each row's strongest token is a window's peak, ~3/4 in
+        k = np.flatnonzero((t.row == r) & (t.peak == int(np.argmax(dense[r]))))
+        assert k.size == 1 and k[0] not in off_centre, r
+    return off_centre
+
+
 def test_centred_windows_put_the_peak_three_quarters_in_and_never_touch_bos():
     L, W = 64, 16
     spots = {(0, 40): 5.0, (1, 3): 5.0, (2, 62): 5.0, (3, 20): 5.0, (3, 24): 3.0, (3, 50): 4.0}
     flat = np.array([r * L + p for r, p in spots], np.int64)
     vals = np.array(list(spots.values()), np.float32)
     t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
-    got = {(int(r), int(p)): int(s) for r, s, p in zip(t.row, t.start, t.peak)}
-    assert got[(0, 40)] == 40 - 3 * W // 4  # peak 12 of 16 tokens in: centring is not inverted
-    assert got[(1, 3)] == 1  # clipped at the row start, but never onto BOS (position 0)
-    assert got[(2, 62)] == L - W  # clipped at the row end
-    assert got[(3, 20)] == 8 and got[(3, 50)] == 38  # the weaker peak at 24 overlaps: no window
-    assert len(t) == 5 and list(t.max_act) == sorted(t.max_act, reverse=True)
-    assert np.all(t.length == W)
+    assert _check_centred(t, flat, vals, L, W) == []
+    got = {(int(r), int(p)): (int(s), int(p - s)) for r, s, p in zip(t.row, t.start, t.peak)}
+    assert got[(0, 40)] == (28, 12)  # 12 of 16 tokens in: centring is not inverted
+    assert got[(1, 3)] == (1, 2)  # pushed right by the row start, but never onto BOS
+    assert got[(2, 62)] == (48, 14)  # pushed left by the row end
+    assert got[(3, 20)] == (8, 12) and got[(3, 50)] == (38, 12)
+    assert len(t) == 5  # the weaker peak at (3, 24) would overlap (3, 20)'s window: none
+    for W in (8, 9, 10, 16):  # random non-zeros, several widths (3W/4 whole or not)
+        for seed, n_rows, n in ((0, 20, 300), (1, 40, 60)):
+            flat, vals = _random_nonzeros(seed, n_rows, L, n)
+            t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
+            _check_centred(t, flat, vals, L, W)
 
-    rng = np.random.default_rng(0)  # random non-zeros: bounds, no overlap, each row's top centred
-    flat = rng.choice(np.arange(20 * L).reshape(20, L)[:, 1:].ravel(), 300, replace=False)
-    vals = rng.random(flat.size).astype(np.float32) + 0.1
+
+def test_every_centred_window_has_its_peak_three_quarters_in():
+    L, W = 64, 16
+    # 5.0 at 20 takes [8, 24); 4.5 at 25 would overlap it, so no window; 4.0 at 36 takes [24, 40),
+    # which holds 4.5 at 25: that window's peak (its strongest token) is 1 token in, not 12.
+    flat, vals = np.array([20, 25, 36]), np.array([5.0, 4.5, 4.0], np.float32)
     t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
-    assert t.start.min() >= 1 and (t.start + W).max() <= L
-    for r in np.unique(t.row):
-        s = np.sort(t.start[t.row == r])
-        assert np.all(np.diff(s) >= W)
-        in_row = flat // L == r
-        top = int(flat[in_row][np.argmax(vals[in_row])] % L)
-        k = np.flatnonzero((t.row == r) & (t.peak == top))
-        assert k.size == 1 and t.start[k[0]] == np.clip(top - 3 * W // 4, 1, L - W)
+    assert _check_centred(t, flat, vals, L, W) == []
+    for W in (8, 9, 10, 16):
+        for seed, n_rows, n in ((0, 20, 300), (1, 40, 60)):
+            flat, vals = _random_nonzeros(seed, n_rows, L, n)
+            t = ex.windows_from_arrays(7, flat, vals, L, W, "centred", first_pos=1)
+            assert _check_centred(t, flat, vals, L, W) == [], (W, seed)
 
 
 def test_fixed_windows_are_row_blocks_after_bos():
@@ -182,7 +226,7 @@ def fake_client(srv: FaultServer, tmp_path=None) -> LLMClient:
 def test_unparseable_or_copied_answers_are_recorded_failures(built):
     lexs = [x for x in built if not x.skipped][:4]
     script = [("good", "It is about files, I think."), ("good", "[EXPLANATION]: Names of oceans and seas."),
-              ("status", 400), ("good", "Reasoning first.\n[explanation]: \"Opening brackets\"\nmore")]
+              ("status", 400), ("good", "Reasoning first.\n[explanation]: \"Opening brackets in code\"\nmore")]
     dec = lambda ids: [f" t{i}" for i in ids]  # noqa: E731
     with FaultServer(script) as srv:
         out = xp.run_explainers(lexs, [xp.LLMExplainer(max_tokens=40), xp.TopTokensExplainer()], dec,
@@ -192,7 +236,7 @@ def test_unparseable_or_copied_answers_are_recorded_failures(built):
     assert [x.failed for x in llm] == [True, True, True, False]
     assert llm[0].text is None and "marker" in llm[0].error and llm[0].raw.startswith("It is")
     assert "worked example" in llm[1].error and "HTTP 400" in llm[2].error
-    assert llm[3].text == "Opening brackets" and llm[3].prompt_hash == xp.LLMExplainer(max_tokens=40).prompt_hash
+    assert llm[3].text == "Opening brackets in code" and llm[3].prompt_hash == xp.LLMExplainer(max_tokens=40).prompt_hash
     assert all(not x.failed for x in out if x.explainer == "top_tokens")
     assert sent[0]["temperature"] == 0 and sent[0]["max_tokens"] == 40
     assert "<<" in sent[0]["messages"][-1]["content"]
@@ -238,18 +282,18 @@ def test_results_file_header_and_frame(tmp_path, built):
     exps = [xp.TopTokensExplainer()]
     out = xp.run_explainers(built, exps, dec)
     ep = Endpoint(base_url="https://user:sk-SECRET@api.example.com/v1?key=sk-SECRET", model="m")
-    path = xp.save(tmp_path, out, explainers=exps, endpoint=ep, seed=0,
+    path = xps.save(tmp_path, out, explainers=exps, endpoint=ep, seed=0,
                    skipped={x.latent: x.skipped_reason for x in built if x.skipped})
     assert "SECRET" not in path.read_text()
-    header, recs = xp.load_records(tmp_path)
+    header, recs = xps.load_records(tmp_path)
     assert header["llm"]["base_url"] == "https://api.example.com/v1"
     assert header["explainers"][0]["prompt_hash"] == exps[0].prompt_hash
     assert header["provenance"]["packages"]["numpy"] and recs == out
     assert len(path.read_text().splitlines()) == 1 + len({x.latent for x in out})
-    df = xp.load(tmp_path)
+    df = xps.load(tmp_path)
     assert len(df) == len(out) and {"latent", "explainer", "text", "failed"} <= set(df.columns)
-    assert xp.summary(out).loc["top_tokens", "failure_rate"] == 0
-    assert list(xp.side_by_side(out).columns) == ["top_tokens"]
+    assert xps.summary(out).loc["top_tokens", "failure_rate"] == 0
+    assert list(xps.side_by_side(out).columns) == ["top_tokens"]
 
 
 @pytest.mark.slow
@@ -267,8 +311,8 @@ def test_local_server_end_to_end_and_rerun_is_cached(tmp_path, built, subject):
     assert [x.raw for x in out2] == [x.raw for x in out]
     for x in out:
         assert x.failed == (x.text is None) and (x.text or x.error)
-    xp.save(tmp_path, out, explainers=exps, endpoint=ep)
-    _, recs = xp.load_records(tmp_path)
+    xps.save(tmp_path, out, explainers=exps, endpoint=ep)
+    _, recs = xps.load_records(tmp_path)
     assert len(recs) == 4 and {r.model for r in recs if r.explainer == "llm"} == {ep.model}
     head = json.loads((tmp_path / "explanations.jsonl").read_text().splitlines()[0])["header"]
     assert head["schema"] == "autointerp.explanations/1" and head["llm"]["model"] == ep.model

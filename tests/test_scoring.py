@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from autointerp import examples as exm
-from autointerp import explain, results, scoring
+from autointerp import explanations, results, scoring
 from autointerp.records import Explanation, LatentExamples, Window, window_text
 from autointerp.scorers import SHUFFLED, ScoredExample, make_result, run_with_control
 
@@ -46,7 +46,7 @@ def run_dir(tmp_path):
             _x(2, "llm", None), _x(2, "contrastive", "beta not gamma"), _x(2, "top_tokens", "beta"),
             _x(3, "llm", None), _x(3, "top_tokens", "gamma"), _x(3, "llm", "late sample", sample=1),
             _x(4, "top_tokens", "delta"), _x(5, "llm", None)]
-    explain.save(tmp_path, recs, explainers=[])
+    explanations.save(tmp_path, recs, explainers=[])
     return tmp_path
 
 
@@ -65,7 +65,7 @@ def test_selected_windows_labels_quantiles_and_decoding():
 
 
 def test_pick_explanations_prefers_successful_llm_then_top_tokens(run_dir):
-    recs = explain.load_records(run_dir)[1]
+    recs = explanations.load_records(run_dir)[1]
     picked, skipped = scoring.pick_explanations(recs)
     assert picked[1] == ("llm", "alpha things")
     assert picked[2] == ("contrastive", "beta not gamma")

@@ -1,7 +1,8 @@
 """autointerp: automated interpretability of language-model features, one notebook per stage.
 
 Modules are imported on first use (``import autointerp as ai; ai.cache``). The pipeline's
-stages: models, corpus, saes, cache, examples (+ neighbours), explain, scorers, planted. The shape they share:
+stages: models, corpus, saes, cache, examples (+ neighbours), explain (+ explanations), scorers, planted.
+The shape they share:
 config (the settings table), rundir (the run-directory layout), records (what flows between
 stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
 Chapter glue: chapter (a chapter's preamble), scoring, judging, steering, widgets, run.
@@ -12,7 +13,7 @@ import importlib
 
 __version__ = "0.1.0"
 _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
-           "examples", "neighbours", "explain", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
+           "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
            "judging", "steering", "widgets", "run"}
 
 

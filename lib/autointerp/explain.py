@@ -7,26 +7,26 @@
 - ``LLMExplainer(contrastive=True)``: up to 15 activating and 5 hard-negative examples in two
   labelled sections.
 - ``TopTokensExplainer`` and ``LogitLensExplainer`` need no LLM.
-``run_explainers`` sends every LLM prompt of every latent in one ``LLMClient.run`` call.
+``run_explainers`` sends every LLM prompt of every latent in one ``LLMClient.run`` call. An answer
+that is not an explanation (``FAILURES``: a failed request, a reply cut off or out of format, a
+placeholder, an echo of the prompt, one or two words) is a recorded failure, never a text that
+gets scored. The explanations file and its summaries are ``explanations``.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import results
-from .llm import ChatRequest, ChatResponse, Endpoint, LLMClient, safe_url
-from .records import Explanation, LatentExamples, Window, activation_levels, explanations_from
+from .llm import ChatRequest, ChatResponse, LLMClient
+from .records import Explanation, LatentExamples, Window, activation_levels
 
 MARKER = "[EXPLANATION]:"
 _MARKER_RE = re.compile(r"\[\s*explanation\s*\]\s*:", re.IGNORECASE)
@@ -184,22 +184,35 @@ class LLMExplainer:
         return [ChatRequest(msgs, self.max_tokens, self.sample_temperature, seed=self.seed + i,
                             tag=self.name) for i in range(self.n_samples)]
 
-    def parse(self, lex: LatentExamples, responses: Sequence[ChatResponse],
-              model: str) -> list[Explanation]:
+    def parse(self, lex: LatentExamples, responses: Sequence[ChatResponse], model: str,
+              decode: Decode) -> list[Explanation]:
         pick = int(np.random.default_rng([self.seed, lex.latent]).integers(len(responses)))
         n_pos, n_neg = (len(x) for x in self.select(lex))
         out = []
+        prompt = "\n".join(content for _, content in self.messages(lex, decode))
         for i, r in enumerate(responses):
-            text, error = (None, r.error) if r.error else parse_answer(r.text or "")
-            if text is not None and _norm(text) in {_norm(w[3]) for w in _WORKED}:
-                text, error = None, "repeated a worked example's answer verbatim"
+            text, error, kind = self._read(r, prompt)
+            details = {"n_examples": n_pos, "n_negatives": n_neg, **({"failure": kind} if kind else {})}
             out.append(Explanation(
                 latent=lex.latent, explainer=self.name, text=text, failed=text is None, error=error,
                 sample=i, n_samples=len(responses), random_pick=len(responses) > 1 and i == pick,
                 model=model, prompt_hash=self.prompt_hash, raw=r.text, prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens, cached=r.cached,
-                details={"n_examples": n_pos, "n_negatives": n_neg}))
+                completion_tokens=r.completion_tokens, cached=r.cached, details=details))
         return out
+
+    def _read(self, r: ChatResponse, prompt: str) -> tuple[str | None, str | None, str | None]:
+        """(text, error, failure kind) of one reply; a failure never yields a text."""
+        if r.error:
+            return None, r.error, "endpoint"
+        text, error = parse_answer(r.text or "")
+        if text is None:
+            if r.completion_tokens >= self.max_tokens:
+                return None, f"{error}: cut off at max_tokens={self.max_tokens}", "cut_off"
+            return None, error, "format" if "marker in the reply" in error else "placeholder"
+        if _norm(text) in {_norm(w[3]) for w in _WORKED}:
+            return None, "repeated a worked example's answer verbatim", "echo"
+        bad = check_answer(text, prompt)
+        return (None, bad[1], bad[0]) if bad else (text, None, None)
 
 
 def contrastive_explainer(**kw: Any) -> LLMExplainer:
@@ -223,16 +236,44 @@ def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+# Why an answer is not an explanation (``Explanation.details["failure"]``), and what to do.
+FAILURES = {
+    "endpoint": "the request failed: check the endpoint (is the server up; are the base URL, model "
+                "name and API key right?)",
+    "cut_off": "the reply stopped at max_tokens before the answer: raise max_tokens",
+    "format": "the reply does not follow the answer format: the model is too weak for this prompt",
+    "placeholder": "a placeholder or a heading, not a description: the model is too weak for this prompt",
+    "echo": "it repeats the prompt or a worked example: the model is too weak for this prompt",
+    "too_short": "one or two words are not an explanation: the model is too weak for this prompt",
+}
+MIN_WORDS = 3
+_PLACEHOLDERS = {"your description", "description", "explanation", "answer", "none", "n a"}
+
+
 def parse_answer(reply: str) -> tuple[str | None, str | None]:
     """(explanation, None) from the text after the last marker, or (None, why it failed)."""
     found = list(_MARKER_RE.finditer(reply))
     if not found:
-        return None, f"no {MARKER!r} marker in the reply (raise max_tokens if it was cut off)"
+        return None, f"no {MARKER!r} marker in the reply"
     rest = reply[found[-1].end():].strip()
     line = rest.splitlines()[0].strip().strip("\"'`*").strip() if rest else ""
-    if not line or line.lower() in {"<your description>", "your description"}:
+    if not line or _norm(line) in _PLACEHOLDERS:
         return None, f"nothing after the {MARKER!r} marker"
     return line, None
+
+
+def check_answer(text: str, prompt: str) -> tuple[str, str] | None:
+    """(failure kind, why) when a parsed answer is not an explanation: a placeholder or a heading
+    (ends with ':'), shorter than ``MIN_WORDS`` words, or words that stand verbatim in the prompt
+    (an echo of the instructions, the excerpts or a worked example); else None."""
+    norm = _norm(text)
+    if not norm or norm in _PLACEHOLDERS or text.rstrip().endswith(":") or text.lstrip().startswith("<"):
+        return "placeholder", f"{text!r} is a placeholder or a heading, not a description"
+    if len(norm.split()) < MIN_WORDS:
+        return "too_short", f"{text!r} has {len(norm.split())} word(s); an explanation needs {MIN_WORDS} or more"
+    if f" {norm} " in f" {_norm(prompt)} ":
+        return "echo", f"{text!r} stands verbatim in the prompt"
+    return None
 
 
 # -- explainers without an LLM --------------------------------------------------------------------
@@ -353,7 +394,7 @@ def run_explainers(lexs: Sequence[LatentExamples], explainers: Sequence[Any], de
     by: dict[tuple[int, str], list[Explanation]] = {}
     i = 0
     for x, e, rs in jobs:
-        by[(x.latent, e.name)] = e.parse(x, resps[i:i + len(rs)], client.endpoint.model)
+        by[(x.latent, e.name)] = e.parse(x, resps[i:i + len(rs)], client.endpoint.model, decode)
         i += len(rs)
     for e in (e for e in explainers if not isinstance(e, LLMExplainer)):
         for x in todo:
@@ -364,86 +405,3 @@ def run_explainers(lexs: Sequence[LatentExamples], explainers: Sequence[Any], de
 def render_prompt(explainer: LLMExplainer, lex: LatentExamples, decode: Decode) -> str:
     """The messages of one latent's prompt exactly as sent, each under a role header."""
     return "\n\n".join(f"=== {role} ===\n{content}" for role, content in explainer.messages(lex, decode))
-
-
-def describe(explainer: Any) -> dict[str, Any]:
-    """Name, type, prompt hash and settings of an explainer (no weights)."""
-    settings = (dataclasses.asdict(explainer) if isinstance(explainer, (LLMExplainer, TopTokensExplainer))
-                else {"k": explainer.k, "final_norm": explainer.norm_scale is not None})
-    return {"name": explainer.name, "type": type(explainer).__name__,
-            "prompt_hash": explainer.prompt_hash, "settings": settings}
-
-
-def save(run_dir: str | os.PathLike, explanations: Sequence[Explanation], *,
-         explainers: Sequence[Any], endpoint: Endpoint | None = None,
-         skipped: dict[int, str] | None = None, **header: Any) -> Path:
-    """``<run_dir>/explanations.jsonl`` (schema ``autointerp.explanations``): a header
-    (explainers with their settings and prompt hashes, endpoint, skipped latents, provenance),
-    then one line per latent."""
-    from .rundir import RunDir
-
-    by: dict[int, list[Explanation]] = {}
-    for e in explanations:
-        by.setdefault(e.latent, []).append(e)
-    described = [describe(e) for e in explainers]
-    return results.write(
-        RunDir(Path(run_dir)).explanations, "explanations",
-        ({"latent": j, "explanations": by[j]} for j in sorted(by)),
-        settings={d["name"]: d["settings"] for d in described},
-        prompt_hash=results.digest([d["prompt_hash"] for d in described]),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        explainers=described,
-        llm=None if endpoint is None else {"base_url": safe_url(endpoint.base_url), "model": endpoint.model},
-        skipped={str(k): v for k, v in (skipped or {}).items()}, **header)
-
-
-def load_records(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Explanation]]:
-    """(header, explanations) from ``<run_dir>/explanations.jsonl``."""
-    from .rundir import RunDir
-
-    header, rows = results.read(RunDir(Path(run_dir)).require("explanations"), "explanations")
-    return header, explanations_from(rows)
-
-
-def to_frame(explanations: Sequence[Explanation]):
-    """One row per explanation as a pandas DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame([dataclasses.asdict(r) for r in explanations])
-
-
-def load(run_dir: str | os.PathLike):
-    """One row per explanation (latent, explainer, sample, text, failed, ...) as a DataFrame."""
-    return to_frame(load_records(run_dir)[1])
-
-
-def side_by_side(explanations: Sequence[Explanation]):
-    """Latents x explainers: the first sample's text, or "FAILED: reason"."""
-    df = to_frame([x for x in explanations if x.sample == 0])
-    df["shown"] = [f"FAILED: {e}" if f else t for t, f, e in zip(df.text, df.failed, df.error)]
-    return df.pivot(index="latent", columns="explainer", values="shown")[
-        list(dict.fromkeys(df.explainer))]
-
-
-def summary(explanations: Sequence[Explanation]):
-    """Per explainer: explanations, failures, failure rate, distinct texts, mean words, cache hits."""
-    df = to_frame(explanations)
-    ok = df[~df.failed]
-    g = df.groupby("explainer", sort=False)
-    out = g.agg(explanations=("latent", "size"), failed=("failed", "sum"), cached=("cached", "sum"))
-    out["failure_rate"] = out.failed / out.explanations
-    out["distinct_texts"] = ok.groupby("explainer").text.nunique().reindex(out.index).fillna(0).astype(int)
-    out["mean_words"] = ok.text.str.split().str.len().groupby(ok.explainer).mean().reindex(out.index)
-    return out
-
-
-def verdict(endpoint: Endpoint, llm_summary) -> str:
-    """One honest sentence about the LLM explanations of this run, from its own numbers."""
-    n = int(llm_summary.explanations.sum())
-    rate = float(llm_summary.failed.sum()) / max(n, 1)
-    distinct = int(llm_summary.distinct_texts.sum())
-    head = (f"These explanations come from the embedded {endpoint.model} (local): it proves the "
-            "mechanics, but it is a weak explainer" if endpoint.embedded else
-            f"These explanations come from {endpoint.model} at {safe_url(endpoint.base_url)}")
-    return (f"{head}. {rate:.0%} of its {n} answers failed; the rest hold {distinct} distinct texts."
-            + (" More than half failed: raise max_tokens, or use a stronger model." if rate > 0.5 else ""))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import examples as ex_mod
-from . import explain, metrics, results
+from . import explanations, metrics, results
 from .records import Explanation, LatentExamples, Window
 from .rundir import RunDir
 from .scorers import CHANCE, METRIC_LABELS, Scorer, ScoreRun, write_run
@@ -99,7 +99,7 @@ def load_inputs(run_dir: str | Path, *, explainer: str = "auto", n_latents: int 
     each with ``n_pos`` activating and ``n_neg`` non-activating test windows."""
     rd = RunDir(Path(run_dir))
     lexs = {lx.latent: lx for lx in ex_mod.load(rd.require("examples"))[1]}
-    picked, skipped = pick_explanations(explain.load_records(run_dir)[1], explainer)
+    picked, skipped = pick_explanations(explanations.load_records(run_dir)[1], explainer)
     for lat, lx in lexs.items():
         if lx.skipped:
             skipped[lat] = f"examples skipped: {lx.skipped_reason}"

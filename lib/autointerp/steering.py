@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import examples as ex_mod
-from . import explain, metrics, results
+from . import explanations, metrics, results
 from .records import ScorerResult
 from .rundir import RunDir
 from .scorers import base
@@ -39,7 +39,7 @@ def input_explanations(run_dir: str | Path | RunDir) -> dict[int, str]:
     """latent -> the chapter-02 explanation that the scoring chapters use (``explainer="auto"``)."""
     from .scoring import pick_explanations
 
-    return {lat: text for lat, (_, text) in pick_explanations(explain.load_records(_rundir(run_dir).root)[1])[0].items()}
+    return {lat: text for lat, (_, text) in pick_explanations(explanations.load_records(_rundir(run_dir).root)[1])[0].items()}
 
 
 @dataclass(frozen=True)
