@@ -4,6 +4,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Every variable through which an LLM endpoint (and its key) is configured. They are cleared for
+# every test, so no test can reach a remote API because of the machine's environment; a test that
+# needs one sets it itself with monkeypatch.setenv.
+LLM_ENV_VARS = (
+    "AUTOINTERP_LLM_BASE_URL", "AUTOINTERP_LLM_MODEL", "AUTOINTERP_LLM_API_KEY",
+    "AUTOINTERP_LLM_API_KEY_ENV", "AUTOINTERP_LLM_PRICE_PROMPT", "AUTOINTERP_LLM_PRICE_COMPLETION",
+    "AUTOINTERP_LLM_LOGPROBS", "AUTOINTERP_LLM_LISTS", "AUTOINTERP_LLM_CONTEXT",
+    "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_llm_endpoint_from_the_environment(monkeypatch):
+    for var in LLM_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
 
 @pytest.fixture(scope="session")
 def subject():

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from autointerp import saes
-from autointerp.paths import data_dir
+from conftest import random_topk_sae
+
+from autointerp import cache, saes
 from autointerp.scorers import intervention as iv
 
-DEMO_SAE = data_dir() / "runs" / "demo" / "sae"  # used when `make demo` has run; else a random SAE
-DEMO_CACHE = data_dir() / "runs" / "demo" / "cache"
 HOOK = "model.layers.8"
 
 
@@ -37,19 +36,6 @@ def rnd_sae():
     return saes.random_sae(576, 512, 16, seed=1, hook=HOOK)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """(sae, prompts of latent j, j): the demo SAE and cache if present, else a random SAE."""
-    if (DEMO_SAE / "cfg.json").exists() and (DEMO_CACHE / "index" / "ptr.npy").exists():
-        from autointerp.cache import CacheReader
-
-        sae = saes.load(str(DEMO_SAE))
-        reader = CacheReader(DEMO_CACHE)
-        prompts = iv.prompts_from_cache(reader, 1, 4, max_len=32, seed=0)  # short: fast
-        return sae, prompts, 1, reader
-    return None
-
-
 def test_strength_zero_is_exact(subject, rows, rnd_sae):
     # A random SAE reconstructs badly, so any leak of dec(enc(h)) instead of h would show.
     batch = iv.PromptBatch(subject, _prompts(rows))
@@ -66,32 +52,96 @@ def test_strength_zero_is_exact(subject, rows, rnd_sae):
     assert torch.allclose(iv.PromptBatch(subject, [p]).clean[0], full, atol=1e-4)
 
 
-def test_calibration_hits_target_and_kl_grows(subject, rows, rnd_sae, trained):
-    if trained is not None:
-        sae, prompts, j, _ = trained
-    else:
-        sae, prompts, j = rnd_sae, _prompts(rows), 3
+def _unbatched_mean_kl(subject, prompts, sae, latent: int, strength: float) -> float:
+    """Reference for PromptBatch.mean_kl(logprobs(...)): each prompt alone (no padding, no prefix
+    cache), a full forward clean and one with the intervention at its last position."""
+    kls = []
+    for p in prompts:
+        ids = torch.from_numpy(np.asarray(p, dtype=np.int64))[None]
+        with torch.inference_mode():
+            clean = torch.log_softmax(subject.hf(ids).logits[0, -1].double(), -1)
+            with iv.intervene(subject, sae, HOOK, latent, strength):
+                steered = torch.log_softmax(subject.hf(ids).logits[0, -1].double(), -1)
+        kls.append(float((clean.exp() * (clean - steered)).sum()))
+    return float(np.mean(kls))
+
+
+def test_calibration_hits_target_and_kl_grows(subject, rows, rnd_sae):
+    sae, prompts, j = rnd_sae, _prompts(rows), 3
     batch = iv.PromptBatch(subject, prompts)
-    cal = iv.calibrate(batch, sae, HOOK, j, target_kl=0.5)
-    assert cal.converged and abs(cal.achieved_kl / 0.5 - 1) < 0.15, cal
-    assert len(cal.steps) <= 14
+    err = lambda c, target: abs(np.log(c.achieved_kl / target))  # noqa: E731
+    cals = {}
+    for target in (0.5, 3.0):
+        cal = cals[target] = iv.calibrate(batch, sae, HOOK, j, target_kl=target)
+        # The chosen strength, re-measured without the batch (its padding and KV cache): the KL
+        # it reports is the KL it has, and that is within calibrate's rtol (5%) of the target.
+        measured = _unbatched_mean_kl(subject, prompts, sae, j, cal.strength)
+        assert measured == pytest.approx(cal.achieved_kl, rel=1e-3), (measured, cal)
+        assert cal.converged and abs(measured / target - 1) <= 0.05, (measured, cal)
+        assert (cal.strength, cal.achieved_kl) in cal.steps
+    # More steps never give a worse |log KL/target|: a search cut at k steps evaluates the same
+    # first k strengths and returns the best of them. At target 3.0 this has teeth: the search
+    # overshoots once (its 5th point is worse than its 4th), so a calibrate that returned its last
+    # point instead of its best would fail here.
+    target, cal = 3.0, cals[3.0]
+    raw = [abs(np.log(kl / target)) for _, kl in cal.steps]
+    assert any(b > a for a, b in zip(raw, raw[1:])), cal.steps
+    cut = [iv.calibrate(batch, sae, HOOK, j, target_kl=target, max_steps=k)
+           for k in range(1, len(cal.steps) + 1)]
+    assert [c.steps for c in cut] == [cal.steps[:k] for k in range(1, len(cal.steps) + 1)]
+    assert all(err(a, target) >= err(b, target) for a, b in zip(cut, cut[1:])), cut
+    assert cut[-1] == cal
+    cal = cals[0.5]
     kls = [batch.mean_kl(batch.logprobs(sae, HOOK, j, cal.strength * f)) for f in (0.25, 0.5, 1, 2)]
     assert all(a < b for a, b in zip(kls, kls[1:])), kls
     steps = sorted(cal.steps)
     assert all(a[1] <= b[1] for a, b in zip(steps, steps[1:])), steps
 
 
-def test_prompts_end_at_first_activation(trained):
-    if trained is None:
-        pytest.skip("no demo cache")
-    _, _, j, reader = trained
-    flat, _ = reader.latent(j)
-    for p in iv.prompts_from_cache(reader, j, 5, seed=3):
-        rows = [r for r in range(reader.tokens.shape[0])
-                if np.array_equal(reader.tokens[r, :len(p)], p)]
-        assert rows, "prompt is not a row prefix"
-        fire = np.sort(flat[flat // reader.ctx_len == rows[0]] % reader.ctx_len)
-        assert fire[0] == len(p) - 1
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory, subject, rows):
+    """A cache of a random TopK SAE on the session rows (built here: no demo run needed)."""
+    sae = random_topk_sae()
+    reader = cache.build_cache(tmp_path_factory.mktemp("iv") / "cache", subject, sae,
+                               "model.layers.4", rows, sae_id="random", corpus_hash="test",
+                               progress=False)
+    return sae, reader
+
+
+def test_prompts_end_at_first_activation(subject, rows, small_cache):
+    sae, reader = small_cache
+    # First firing position per row (BOS left out), straight from a forward hook and the SAE.
+    seen = []
+    handle = subject.module("model.layers.4").register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.inference_mode():
+        subject.hf(torch.from_numpy(rows).long())
+        handle.remove()
+        acts = sae.encode(seen[0]).numpy()[:, 1:] > 0  # [rows, ctx - 1]
+
+    def first_fire(j):
+        return {r: int(np.argmax(acts[r, :, j])) + 1 for r in range(len(rows)) if acts[r, :, j].any()}
+
+    # Latents firing late in some rows and early in others, so min_len/max_len cut something.
+    cands = [j for j in range(reader.d_sae)
+             if len(f := first_fire(j)) >= 6 and min(f.values()) < 3 and max(f.values()) >= 8]
+    assert len(cands) >= 3, cands
+    for j in cands[:3]:
+        fire = first_fire(j)
+        for kw in (dict(n=5, seed=3), dict(n=4, seed=0, min_len=4, max_len=12), dict(n=100)):
+            got = iv.prompts_from_cache(reader, j, **kw)
+            lo, hi = kw.get("min_len", 4), kw.get("max_len", rows.shape[1])
+            eligible = {r for r, p in fire.items() if lo <= p + 1 <= hi}
+            assert len(got) == min(kw["n"], len(eligible)) > 0, (j, kw)
+            used = set()
+            for p in got:
+                [r] = [r for r in eligible if np.array_equal(rows[r, :len(p)], p)] or [None]
+                assert r is not None, "prompt is not the prefix of an eligible row"
+                assert len(p) - 1 == fire[r], "prompt does not end at the row's first activation"
+                used.add(r)
+            assert len(used) == len(got), "a row was used twice"
+            # Without a cache, encoding the rows on the fly picks the same prompts.
+            again = iv.prompts_from_rows(subject, sae, "model.layers.4", rows, j, **kw)
+            assert len(again) == len(got) and all(np.array_equal(a, b) for a, b in zip(again, got))
 
 
 def test_random_sae_control_near_zero_and_deterministic(subject, rows):
@@ -150,3 +200,32 @@ def test_planted_unembedding_direction_is_recovered(subject, rows):
     raised = iv.raised_tokens(batch.clean, batch.logprobs(sae, hook, 5, cal.strength), tok, 3)
     assert raised[0][0] == " zebra", raised
     assert "zebra" in iv.explain_raised(raised)
+
+
+def test_explanation_nll_matches_unpadded_reference(subject):
+    # explanation_nll scores passages of different lengths in right-padded batches; the reference
+    # runs each passage alone, unpadded, and sums -log p of the explanation's tokens after the
+    # template (explanation + "'" tokenised on its own, as explanation_nll does).
+    tok = subject.tokenizer
+    passages = ["def f(x):\n    return x", "The cat sat on the mat. " * 6, "import os",
+                "Rain fell all night over the quiet harbour town, and by morning the streets shone."]
+    explanation = "zebra, stripes"
+    target = tok(explanation + "'", add_special_tokens=False)["input_ids"]
+    ref = []
+    for p in passages:
+        text = iv.TEMPLATE.format(passage=p)
+        prefix = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+        ids = prefix + target
+        # the ids spell the intended text: the template, then the explanation and the closing quote
+        assert tok.decode(ids, skip_special_tokens=True) == text + explanation + "'"
+        with torch.inference_mode():
+            logits = subject.hf(torch.tensor([ids])).logits[0].double()
+        nll = torch.nn.functional.cross_entropy(logits[len(prefix) - 1:-1], torch.tensor(target),
+                                                reduction="sum")
+        ref.append(float(nll))
+    assert len({len(tok(p)["input_ids"]) for p in passages}) == len(passages)  # padding happens
+    for bs in (8, 3, 1):  # one padded batch, a batch split across chunks, no padding at all
+        got = iv.explanation_nll(subject, passages, explanation, batch_size=bs)
+        # measured: at most 4e-5 nats apart (fp32 batched vs unbatched) on sums of ~30 nats
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    assert len(set(np.round(ref, 3))) == len(ref)  # the passages do change the NLL

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
+from conftest import LLM_ENV_VARS
 from fault_server import FaultServer
 
+import autointerp
 from autointerp.llm import ChatRequest, Endpoint, LLMClient, endpoint_from_env
 
-FAST = dict(timeout_s=0.5, max_tries=5, backoff_base_s=0.01, backoff_max_s=0.05)
+# A generous timeout: an answer from the local fault server takes milliseconds, but a loaded
+# machine can stall a thread for seconds, and a spurious timeout would change the attempt counts
+# these tests assert. The tests that want a timeout use a short one against a server that HANGS
+# (HANG: it answers only when the test closes it), so the timeout is certain however slow the
+# machine, and a slow answer to a good request is never mistaken for one.
+FAST = dict(timeout_s=30, max_tries=5, backoff_base_s=0.01, backoff_max_s=0.05)
+HANG = ("sleep", 3600)  # FaultServer.stop() wakes the sleeper, so closing the server ends it
 
 
 def ask(text: str, **kw) -> ChatRequest:
@@ -36,9 +45,10 @@ def test_retry_after_is_honoured_then_success():
 
 
 def test_transient_faults_are_retried_until_success():
-    script = [("status", 500), "malformed", "empty", ("sleep", 1.5), ("status", 502), "good"]
+    script = [("status", 500), "malformed", "empty", HANG, ("status", 502), "good"]
     with FaultServer(script) as srv:
-        client = client_for(srv, max_tries=6)
+        # 2 s: the one deliberate timeout costs 2 s, and the other five answers have 2 s each
+        client = client_for(srv, max_tries=6, timeout_s=2.0)
         [resp] = client.run([ask("x")])
     assert resp.error is None and resp.text == "echo: x"
     assert resp.attempts == 6 and srv.n_calls == 6
@@ -57,8 +67,9 @@ def test_gives_up_after_max_tries_without_raising(tmp_path):
 
 
 def test_timeout_every_time_is_a_recorded_failure():
-    with FaultServer(default=("sleep", 2.0)) as srv:
-        [resp] = client_for(srv, timeout_s=0.2, max_tries=2).run([ask("slow")])
+    with FaultServer(default=HANG) as srv:
+        [resp] = client_for(srv, timeout_s=0.3, max_tries=2).run([ask("slow")])
+        assert srv.n_calls == 2
     assert resp.text is None and "timeout" in resp.error and resp.attempts == 2
 
 
@@ -169,12 +180,18 @@ def test_ledger_costs_and_frame():
     assert client_for(srv).ledger.cost_usd is None  # no prices, no cost
 
 
-def test_endpoint_from_env(monkeypatch):
-    for var in ("AUTOINTERP_LLM_BASE_URL", "OPENAI_BASE_URL", "AUTOINTERP_LLM_MODEL", "OPENAI_MODEL",
-                "AUTOINTERP_LLM_API_KEY_ENV", "AUTOINTERP_LLM_API_KEY", "AUTOINTERP_LLM_LOGPROBS",
-                "AUTOINTERP_LLM_PRICE_PROMPT", "AUTOINTERP_LLM_PRICE_COMPLETION"):
-        monkeypatch.delenv(var, raising=False)
+def test_conftest_clears_every_llm_variable_the_library_reads():
+    # conftest's autouse fixture deletes LLM_ENV_VARS for every test; the list must name every
+    # endpoint variable the library reads, or a machine's own settings could reach a remote API.
+    src = "\n".join(p.read_text() for p in Path(autointerp.__file__).parent.rglob("*.py"))
+    read = set(re.findall(r"[\"'](AUTOINTERP_LLM_[A-Z_]+|OPENAI_[A-Z_]+)[\"']", src))
+    assert read and read <= set(LLM_ENV_VARS), sorted(read - set(LLM_ENV_VARS))
+    assert [v for v in LLM_ENV_VARS if v in os.environ] == []
     assert endpoint_from_env() is None
+
+
+def test_endpoint_from_env(monkeypatch):
+    assert endpoint_from_env() is None  # conftest cleared the environment's settings
     monkeypatch.setenv("OPENAI_BASE_URL", "https://openrouter.ai/api/v1/")
     with pytest.raises(ValueError, match="AUTOINTERP_LLM_MODEL"):
         endpoint_from_env()

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from autointerp import models, saes
-from autointerp.paths import HubUnreachable
+from autointerp.paths import HubUnreachable, embedded_gguf
 from conftest import random_topk_sae
+
+PROMPT = ("The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy "
+          "is Rome.\ndef add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(add(i, i))\n")
 
 
 def test_embedded_model_matches_the_gguf(subject):
@@ -18,11 +23,92 @@ def test_embedded_model_matches_the_gguf(subject):
     assert subject.hook_dim("model.layers.8.mlp.act_fn") == 1536
 
 
+GGUF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+              "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def gguf_state_dict(path, n_heads: int, n_kv_heads: int) -> dict[str, np.ndarray]:
+    """The gguf's tensors dequantised with the gguf package alone, under Hugging Face names.
+
+    llama.cpp's converter stores the q/k rows of each head in its rotary order (the two halves
+    interleaved); this undoes that permutation."""
+    import gguf
+
+    def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+        return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+    out = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        if t.name == "token_embd.weight":
+            out["model.embed_tokens.weight"] = w
+        elif t.name == "output_norm.weight":
+            out["model.norm.weight"] = w
+        elif t.name == "output.weight":
+            out["lm_head.weight"] = w
+        else:
+            _, layer, kind, _ = t.name.split(".")
+            if kind in ("attn_q", "attn_k"):
+                w = unpermute(w, n_heads if kind == "attn_q" else n_kv_heads)
+            out[f"model.layers.{layer}.{GGUF_NAMES[kind]}.weight"] = w
+    return out
+
+
+@pytest.mark.slow
 def test_local_folder_loads_the_same_weights(subject):
-    again = models.load(subject.source)
+    # The reference is independent of the converted folder and of transformers: the gguf's own
+    # tensors, dequantised by the gguf package. Every tensor of the folder, loaded as a local
+    # folder, must equal its gguf tensor exactly (the conversion stores the fp32 dequantisation),
+    # so a stale or foreign folder, a missed tensor or a wrong q/k un-permutation fails here.
+    local = models.load(subject.source)
+    assert Path(local.source) == models.embedded_model_dir()
+    cfg = local.hf.config
+    ref = gguf_state_dict(embedded_gguf(), cfg.num_attention_heads, cfg.num_key_value_heads)
+    got = {k: v.numpy() for k, v in local.hf.state_dict().items()}
+    if "lm_head.weight" not in ref:  # tied embeddings: the gguf stores the matrix once
+        assert cfg.tie_word_embeddings
+        ref["lm_head.weight"] = ref["model.embed_tokens.weight"]
+    assert set(got) == set(ref), sorted(set(got) ^ set(ref))
+    differ = [k for k in ref if got[k].shape != ref[k].shape or not np.array_equal(got[k], ref[k])]
+    assert not differ, differ
     ids = torch.tensor([[1, 504, 3210, 28]])
     with torch.inference_mode():
-        assert torch.equal(again.hf(ids).logits, subject.hf(ids).logits)
+        assert torch.equal(local.hf(ids).logits, subject.hf(ids).logits)
+
+
+@pytest.mark.slow
+def test_embedded_model_logits_match_llama_cpp(subject):
+    # The dequantised transformers model against llama.cpp running the same Q4_1 gguf with its own
+    # kernels, on the same token ids (BOS first). They differ slightly (llama.cpp quantises the
+    # activations to 8 bits for its Q4_1 matmuls); on this 55-token prompt we measured
+    # top-1 agreement 0.927, correlation of the log-softmax values 0.9991, mean KL(llama.cpp ||
+    # ours) 0.0047 nats and max 0.034 per position. Wrong weights are far off: one MLP zeroed gave
+    # top-1 0.76, mean KL 0.16; two MLPs swapped top-1 0.07, mean KL 6.3; layer 0's q/k rows left in
+    # llama.cpp's rotary order mean KL 0.025, max 0.16.
+    import llama_cpp
+
+    tok = subject.tokenizer
+    ids = [tok.bos_token_id] + tok(PROMPT, add_special_tokens=False)["input_ids"]
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf()), logits_all=True, n_ctx=256,
+                          n_threads=2, verbose=False)
+    try:
+        assert llm.n_vocab() == subject.hf.config.vocab_size
+        llm.eval(ids)
+        ref = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
+    with torch.inference_mode():
+        got = subject.hf(torch.tensor([ids])).logits[0].double().numpy()
+    lr = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
+    lg = got - np.logaddexp.reduce(got, axis=-1, keepdims=True)
+    top1 = float((lr.argmax(-1) == lg.argmax(-1)).mean())
+    corr = float(np.corrcoef(lr.ravel(), lg.ravel())[0, 1])
+    kl = (np.exp(lr) * (lr - lg)).sum(-1)
+    measured = dict(n=len(ids), top1=top1, corr=corr, mean_kl=float(kl.mean()), max_kl=float(kl.max()))
+    assert top1 >= 0.85 and corr > 0.998, measured
+    assert kl.mean() < 0.015 and kl.max() < 0.1, measured
 
 
 def test_unknown_hook_is_a_clear_error(subject):

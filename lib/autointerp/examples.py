@@ -146,6 +146,19 @@ def _centred_starts(rows: np.ndarray, pos: np.ndarray, vals: np.ndarray, ctx_len
     whose window overlaps it; rounds <= windows per row.
     """
     starts = np.clip(pos - (3 * width) // 4, first_pos, ctx_len - width)
+    # A token whose window would hold a stronger token of the latent (or an equal one further
+    # left) is no window centre: that window's peak would be the other token, not ~3/4 in.
+    key = rows * ctx_len + pos
+    by_key = np.argsort(key, kind="stable")
+    s_key, s_val = key[by_key], vals[by_key]
+    centre = np.ones(key.size, bool)
+    for d in range(width):
+        probe = rows * ctx_len + starts + d
+        i = np.minimum(np.searchsorted(s_key, probe), max(key.size - 1, 0))
+        there = s_key[i] == probe
+        v = s_val[i]
+        centre &= ~(there & ((v > vals) | ((v == vals) & (s_key[i] < key))))
+    rows, pos, vals, starts = rows[centre], pos[centre], vals[centre], starts[centre]
     order = np.lexsort((pos, -vals, rows))
     c_row, c_start = rows[order], starts[order]
     out_row, out_start = [], []
@@ -174,7 +187,7 @@ def _window_max(flat: np.ndarray, vals: np.ndarray, w_flat: np.ndarray,
     i = np.maximum(np.searchsorted(w_flat[order], flat, side="right") - 1, 0)
     m = (flat >= w_flat[order][i]) & (flat < w_flat[order][i] + w_len[order][i])
     idx = order[i][m]
-    o = np.lexsort((-vals[m], idx))
+    o = np.lexsort((flat[m], -vals[m], idx))  # ties: the leftmost token
     g, v, f = idx[o], vals[m][o], flat[m][o]
     first = np.ones(g.size, bool)
     first[1:] = g[1:] != g[:-1]
