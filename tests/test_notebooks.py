@@ -1,13 +1,16 @@
-"""Every numbered notebook executes end-to-end under papermill on the smoke profile, in order,
-into one shared run directory (each chapter reads what the previous one wrote)."""
+"""Every numbered notebook executes end-to-end under papermill on the smoke profile into one
+shared run directory (each chapter reads what the previous one wrote), and what it wrote holds
+up: the expected files, numbers in their ranges, verdicts from the known categories. Each test
+runs alone too (``pytest -k 05_surprisal``): the chapters it needs are run first when missing."""
 from __future__ import annotations
 
 import json
+import math
 
 import nbformat
 import pytest
 
-from autointerp import results, run
+from autointerp import explain, metrics, planted, results, run
 
 NOTEBOOKS = run.notebooks()
 EXPECTED = {  # files a chapter must leave in the run directory
@@ -21,6 +24,8 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
 }
+
+PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")}}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,11 @@ def test_committed_notebooks_are_clean_and_parametrised():
 @pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_on_smoke_profile(notebook, run_dir):
-    run.run("smoke", run_dir, only=[notebook.name[:2]], cell_timeout_s=600)  # a hang fails, not stalls
+    code = notebook.name[:2]
+    for need in PREREQUISITES.get(code, ()):  # so that each test also runs alone
+        if not all((run_dir / rel).exists() for rel in EXPECTED[need]):
+            run.run("smoke", run_dir, only=[need], cell_timeout_s=600)
+    run.run("smoke", run_dir, only=[code], cell_timeout_s=600)  # a hang fails, not stalls
     executed = nbformat.read(run_dir / "notebooks" / notebook.name, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
@@ -49,9 +58,7 @@ def test_notebook_executes_on_smoke_profile(notebook, run_dir):
     for rel in EXPECTED.get(notebook.name[:2], []):
         assert (run_dir / rel).exists(), f"{notebook.name} did not write {rel}"
     check_results_files(run_dir)
-    if notebook.name.startswith("00"):
-        cfg = json.loads((run_dir / "run.json").read_text())
-        assert cfg["config"]["profile"] == "smoke" and cfg["provenance"]["packages"]["torch"]
+    CHECKS.get(code, lambda _: None)(run_dir)
 
 
 def check_results_files(run_dir) -> None:
@@ -64,3 +71,75 @@ def check_results_files(run_dir) -> None:
         assert header["provenance"]["packages"]["torch"], path
         assert len(results.frame(path)) == len(records), path
     assert not list(run_dir.rglob("*.tmp")), "a write was left half-done"
+
+
+def _unit(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and 0.0 <= v <= 1.0)
+
+
+def check_00(run_dir) -> None:
+    cfg = json.loads((run_dir / "run.json").read_text())
+    assert cfg["config"]["profile"] == "smoke" and cfg["provenance"]["packages"]["torch"]
+    rep = json.loads((run_dir / "sae" / "train_report.json").read_text())
+    assert math.isfinite(rep["fvu"]) and 0 < rep["fvu"] < 2 and 0 < rep["frac_alive"] <= 1
+    assert rep["d_sae"] == cfg["config"]["sae_width"] and rep["k"] == cfg["config"]["sae_k"]
+
+
+def check_01(run_dir) -> None:
+    cfg = json.loads((run_dir / "run.json").read_text())["config"]
+    s = json.loads((run_dir / "cache" / "summary.json").read_text())["stats"]
+    assert s["mean_l0"] == cfg["sae_k"]  # a TopK SAE puts exactly k latents on every encoded token
+    assert 0 < s["frac_alive"] <= 1 and s["frac_firing_gt_10pct"] <= s["frac_firing_gt_1pct"] <= s["frac_alive"]
+    assert s["n_latents"] == cfg["sae_width"]
+
+
+def check_02(run_dir) -> None:
+    _, lexs = results.read(run_dir / "examples.jsonl", "examples")
+    ok = [x for x in lexs if not x["skipped_reason"]]
+    assert len(ok) >= 2
+    for x in ok:
+        assert x["test_activating"] and all(e["max_act"] > 0 for e in x["test_activating"] + x["train"])
+        assert all(e["max_act"] == 0 for e in x["test_negative"] + x["test_hard_negative"])
+    _, rows = results.read(run_dir / "explanations.jsonl", "explanations")
+    exps = [e for r in rows for e in r["explanations"]]
+    assert {e["latent"] for e in exps if e["explainer"] == "top_tokens" and not e["failed"]} == {x["latent"] for x in ok}
+    for e in exps:  # a failure has a cause and no text; a success has a text
+        assert (e["text"] is None) == e["failed"]
+        if e["failed"] and e["explainer"] in ("llm", "contrastive"):
+            assert e["details"]["failure"] in explain.FAILURES, e
+
+
+def check_scores(run_dir, names: list[str]) -> None:
+    for name in names:
+        header, recs = results.read(run_dir / "scores" / f"{name}.jsonl", "scores")
+        assert header["verdict"] in metrics.VERDICTS, name
+        assert 0 <= header["comparison"]["diff"]["n"] <= len(recs) // 2
+        assert {r["control"] for r in recs} >= {None} and len({r["control"] for r in recs}) == 2
+        for r in recs:
+            m = r["metrics"]
+            assert all(_unit(m[k]) for k in ("auroc", "balanced_accuracy", "precision", "recall", "accuracy")), (name, m)
+            assert m["correlation"] is None or -1 <= m["correlation"] <= 1
+        validity = run_dir / "scores" / f"{name}_validity.jsonl"
+        if validity.exists():
+            vhead, vrecs = results.read(validity, "validity")
+            assert vhead["verdict"] in planted.EXAM.values() and vrecs
+
+
+CHECKS = {
+    "00": check_00, "01": check_01, "02": check_02,
+    "03": lambda d: check_scores(d, ["detection", "intruder", "intruder_embedding"]),
+    "04": lambda d: check_scores(d, ["fuzzing", "fuzzing_active", "simulation"]),
+    "05": lambda d: check_scores(d, ["surprisal"]),
+    "06": lambda d: check_scores(d, ["embedding"]),
+    "07": lambda d: check_07(d),
+}
+
+
+def check_07(run_dir) -> None:
+    header, recs = results.read(run_dir / "scores" / "intervention.jsonl", "scores")
+    conditions = header["summary"]["conditions"]
+    assert conditions["trained"]["n"] >= 2 and set(header["verdicts"]) == set(header["summary"]["trained_minus"])
+    assert all(v in metrics.VERDICTS for v in header["verdicts"].values())
+    for r in recs:
+        assert math.isfinite(r["metrics"]["mean_score"]) and r["details"]["strength"] > 0
+        assert abs(r["details"]["achieved_kl"] - r["details"]["target_kl"]) < 0.5 * r["details"]["target_kl"]

@@ -115,6 +115,7 @@ def test_run_write_and_read_back(run_dir):
     df = results.frame(path)
     header = df.attrs["header"]
     assert header["schema"] == "autointerp.scores/1"
+    assert header["verdict"] == "too few latents"  # metrics.verdict of the comparison: 3 < 5 latents
     assert header["scorer"] == "overlap" and header["explainer"]["2"] == "contrastive"
     assert header["validity"]["diff_ci"] == [0.1, 0.2] and "provenance" in header
     vhead, _ = results.read(run_dir / "scores" / "overlap_validity.jsonl", "validity")

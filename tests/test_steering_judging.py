@@ -89,6 +89,7 @@ def test_intervention_results_file(tmp_path):
     assert head["settings"] == {"n_prompts": 4} and head["skipped"] == {"7": "no prompts"}
     assert head["seconds"] == {"trained": 1.0}
     assert head["summary"]["conditions"]["trained"]["max"] == 3.0
+    assert head["verdicts"] == {iv.SHUFFLED: "too few latents"}  # 3 latents < MIN_LATENTS_FOR_CLAIM
     assert [(r["condition"], r["latent"], r["metrics"]["mean_score"]) for r in recs] == \
         [("trained", 0, 2.0), ("trained", 1, 3.0), ("trained", 2, 2.5)] + [(iv.SHUFFLED, j, 0.0) for j in range(3)]
     assert recs[0]["details"]["strength"] == 1.0 and recs[0]["scorer"] == "intervention"

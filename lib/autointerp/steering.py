@@ -227,9 +227,11 @@ def write_results(run_dir: str | Path | RunDir, run: InterventionRun, *, seed: i
     summary, timings, skipped latents, ``settings``, ``header``), then one record per latent and
     condition (the ``ScorerResult`` plus its ``condition``)."""
     recs = [{**results.plain(r), "condition": c} for c, res in run.results.items() for r in res]
+    summ = summary(run, seed=seed)
     return results.write(_rundir(run_dir).scores("intervention"), "scores", recs, settings=settings,
                          prompt_hash=results.digest({"template": iv.TEMPLATE}),
-                         scorer=iv.NAME, metric="mean_score", summary=summary(run, seed=seed),
+                         scorer=iv.NAME, metric="mean_score", summary=summ,
+                         verdicts={c: metrics.verdict(d) for c, d in summ["trained_minus"].items()},
                          seconds=run.seconds, skipped=run.skipped, **header)
 
 

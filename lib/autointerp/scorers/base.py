@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import results
 from ..metrics import (NAN, LatentMetrics, PairedComparison, latent_metrics, mean_ci,
-                       paired_difference, unpaired_difference)
+                       paired_difference, unpaired_difference, verdict)
 from ..records import ScoredExample, ScorerResult, Window
 
 SHUFFLED = "shuffled"
@@ -194,7 +194,7 @@ def scorer_settings(scorer: Any) -> tuple[dict[str, Any], str | None]:
 def write_run(path: str | Path, run: ScoreRun, *, scorer: Any = None,
               per_latent: Mapping[int, Mapping[str, Any]] | None = None, **header: Any) -> Path:
     """The one writer of scores: ``results.write(path, "scores", ...)`` with the run's metric,
-    comparison and seconds in the header (plus the scorer's settings and prompt hash, and
+    comparison, its ``metrics.verdict`` and seconds in the header (plus the scorer's settings and prompt hash, and
     ``header``), then one record per result, real then control, each extended by
     ``per_latent[latent]`` (e.g. which explainer wrote the explanation)."""
     settings, prompt_hash = scorer_settings(scorer)
@@ -203,7 +203,7 @@ def write_run(path: str | Path, run: ScoreRun, *, scorer: Any = None,
     extra = per_latent or {}
     recs = [{**results.plain(r), **extra.get(r.latent, {})} for r in [*run.real, *run.control]]
     head = {"scorer": name, "metric": run.metric, "seconds": run.seconds,
-            "comparison": run.comparison, **header}
+            "comparison": run.comparison, "verdict": verdict(run.comparison.diff), **header}
     return results.write(path, "scores", recs, settings=settings,
                          prompt_hash=prompt_hash, **head)
 
