@@ -267,3 +267,16 @@ def test_fingerprint_covers_whole_tensors():
         b.W_dec[-1, -1] -= 1.0
         b.b_dec[-1] = 1e-6  # a small tensor's last value
     assert cache.sae_fingerprint(a) != cache.sae_fingerprint(b)
+
+
+def test_latent_browser_opens_on_a_latent_that_is_not_dense(tmp_path, subject, topk_sae, rows):
+    from autointerp import widgets
+
+    reader = _build(tmp_path, subject, topk_sae, rows)
+    view = widgets.latent_browser(reader, subject.tokenizer, n_windows=2, width=16)
+    pick, typed = view.children[0].children
+    rate = reader.stats.firing_rate
+    assert pick.value == typed.value and rate[typed.value] <= 0.05
+    sparse = [j for j in np.argsort(-reader.stats.count, kind="stable") if 0 < rate[j] <= 0.05]
+    assert typed.value == sparse[0]  # the most frequent latent that is not dense
+    assert f"latent {typed.value}" in view.children[1].value

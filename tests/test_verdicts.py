@@ -96,3 +96,17 @@ def test_judge_behaviour_names_a_yes_sayer_and_all_tied_latents():
     assert "yes to almost" not in mixed and "no signal" not in mixed and "2 of 4" in mixed
     assert "no answer" in judging.behaviour_note(judging.judge_behaviour([_judged(3, [None], [None])]))
     assert judging.behaviour_figure(b).data
+
+
+def test_verdict_grades_a_marginal_exam_and_explains_a_control_above_chance():
+    run = _score_run(ci(0.05, 0.01, 0.1))
+    marginal = {"summary": "s", "diff_ci": (0.006, 0.241), "verdict": planted.SEPARATES}
+    text = scoring.verdict(run, marginal)
+    assert "only just" in text and "The scorer works" not in text
+    clear = {"summary": "s", "diff_ci": (0.12, 0.45), "verdict": planted.SEPARATES}
+    assert "The scorer works" in scoring.verdict(run, clear)
+    # _score_run's control sits at 0.5: no note; above chance: the note says why
+    assert "above chance" not in text
+    side = ci(0.62, 0.55, 0.7)
+    high = ScoreRun([], [], PairedComparison(ci(0.7, 0.6, 0.8), side, ci(0.08, 0.02, 0.15), 0.6), 0.0, "auroc")
+    assert "sits at 0.620, above chance" in scoring.verdict(high)

@@ -191,18 +191,30 @@ def verdict(run: ScoreRun, validity: Mapping[str, Any] | None = None) -> str:
     else:
         lines.append("The CI of the difference includes 0: real explanations are not distinguishable "
                      "from shuffled ones here, so this is NOT a finding about the explanations.")
+    if c.control.n and c.control.mean > chance + 0.05:
+        lines.append(f"The shuffled control sits at {c.control.mean:.3f}, above chance ({chance}): another "
+                     "latent's explanation still shares words or a topic with these excerpts (latents "
+                     "of one corpus overlap), and a scorer that ties every excerpt scores exactly chance. "
+                     "That is why real explanations are compared with it, not with chance.")
     if validity is not None:
         from .planted import SEPARATES, TOO_FEW
 
-        sep = validity["verdict"] == SEPARATES
-        lines.append(f"Validity control (planted latents, known meanings): {validity['summary']}. "
-                     + (("The scorer works on this model and corpus: the real-latent result above "
-                         "is a measurement, within its CI." if outcome in (metrics.ABOVE, metrics.BELOW) else
-                         "The scorer works on this model and corpus, so the null result above points "
-                         "at the explanations, not the scorer.") if sep else
-                        "The scorer cannot even separate known meanings here: every score in this "
-                        "chapter is uninformative; use a stronger scorer model." if validity["verdict"] != TOO_FEW
-                        else "Too few planted latents to judge the scorer: raise planted_latents."))
+        low = validity["diff_ci"][0]
+        if validity["verdict"] == TOO_FEW:
+            note = "Too few planted latents to judge the scorer: raise planted_latents."
+        elif validity["verdict"] != SEPARATES:
+            note = ("The scorer cannot even separate known meanings here: every score in this chapter "
+                    "is uninformative; use a stronger scorer model.")
+        elif low < 0.05:  # separates, but its CI nearly touches 0
+            note = (f"The scorer separates known meanings, but only just (the CI's lower end is {low:+.3f}): "
+                    "weak evidence that it works on this model and corpus; read the result above with care.")
+        elif outcome in (metrics.ABOVE, metrics.BELOW):
+            note = ("The scorer works on this model and corpus: the real-latent result above is a "
+                    "measurement, within its CI.")
+        else:
+            note = ("The scorer works on this model and corpus, so the null result above points at the "
+                    "explanations, not the scorer.")
+        lines.append(f"Validity control (planted latents, known meanings): {validity['summary']}. {note}")
     return "\n".join(lines)
 
 

@@ -67,8 +67,12 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     alive = order[stats.count[order] > 0]
     options = [(f"{j}  (fires on {stats.firing_rate[j]:.2%}, max {stats.max_act[j]:.1f})", int(j))
                for j in alive[:500]]
-    pick = w.Dropdown(options=options, description="latent", layout=w.Layout(width="480px"))
-    typed = w.BoundedIntText(value=options[0][1] if options else 0, min=0,
+    # open on a latent a reader can learn from: the most frequent one that fires on <= 5% of tokens
+    # (the most frequent overall often fires on most tokens and explains nothing)
+    start = next((j for _, j in options if stats.firing_rate[j] <= 0.05), options[0][1] if options else 0)
+    pick = w.Dropdown(options=options, value=start if options else None, description="latent",
+                      layout=w.Layout(width="480px"))
+    typed = w.BoundedIntText(value=start, min=0,
                              max=reader.d_sae - 1, description="or id")
     out = w.HTML()  # see corpus_browser: no Output widget
 
