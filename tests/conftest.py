@@ -47,3 +47,31 @@ def random_topk_sae(d_in: int = 576, d_sae: int = 256, k: int = 8, seed: int = 0
 @pytest.fixture()
 def topk_sae():
     return random_topk_sae()
+
+
+class WordTokenizer:
+    """A tiny tokenizer for tests: one id per word (with its leading space), the vocabulary grown on
+    use. With ``special`` set, id 0 is that special token (dropped by skip_special_tokens)."""
+
+    def __init__(self, special: str | None = None) -> None:
+        self.special = special
+        self.vocab: list[str] = [special] if special is not None else []
+        self.ids: dict[str, int] = {}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        import re
+
+        out = []
+        for piece in re.findall(r"\s*\S+", text):
+            if piece not in self.ids:
+                self.ids[piece] = len(self.vocab)
+                self.vocab.append(piece)
+            out.append(self.ids[piece])
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        skip = skip_special_tokens and self.special is not None
+        return "".join(self.vocab[i] for i in ids if not (skip and i == 0))
+
+    def batch_decode(self, seqs) -> list[str]:
+        return [self.decode(s) for s in seqs]

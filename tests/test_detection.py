@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import WordTokenizer
 from fault_server import FaultServer
 
 from autointerp.examples import TokenDecoder
@@ -129,32 +130,8 @@ def test_detection_correct_judge_gives_perfect_binary_metrics():
     assert any(q["messages"][1]["content"] in text for q in srv.requests)
 
 
-class WordTokenizer:
-    """A tiny tokenizer: one id per word (with its leading space); id 0 is a special token."""
-
-    SPECIAL = "<|endoftext|>"
-
-    def __init__(self) -> None:
-        self.vocab, self.ids = [self.SPECIAL], {}
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        out = []
-        for piece in re.findall(r"\s*\S+", text):
-            if piece not in self.ids:
-                self.ids[piece] = len(self.vocab)
-                self.vocab.append(piece)
-            out.append(self.ids[piece])
-        return out
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return "".join(self.vocab[i] for i in ids if not (skip_special_tokens and i == 0))
-
-    def batch_decode(self, seqs) -> list[str]:
-        return [self.decode(s) for s in seqs]
-
-
 def test_windows_show_as_decoded_text_in_detection_and_non_windows_are_refused():
-    tok = WordTokenizer()
+    tok = WordTokenizer(special="<|endoftext|>")
     exs = []
     for i, (t, lab) in enumerate([("a cat sat", True), ("the mat", False), ("big cat", True)]):
         ids = (0, *tok.encode(t))  # a special token first: dropped from the shown text

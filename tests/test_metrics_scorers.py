@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import re
 
 import numpy as np
 import pytest
+from conftest import WordTokenizer
 from scipy.stats import mannwhitneyu
 
 from autointerp import metrics as mx
@@ -61,26 +61,6 @@ TOPICS = {
          "The sun will return by the weekend with mild weather."]),
 }
 EXPLANATIONS = {lat: t[0] for lat, t in TOPICS.items()}
-
-
-class WordTokenizer:
-    """A tiny tokenizer: one id per word (with its leading space), the vocabulary grown on use."""
-
-    def __init__(self) -> None:
-        self.vocab: list[str] = []
-        self.ids: dict[str, int] = {}
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        out = []
-        for piece in re.findall(r"\s*\S+", text):
-            if piece not in self.ids:
-                self.ids[piece] = len(self.vocab)
-                self.vocab.append(piece)
-            out.append(self.ids[piece])
-        return out
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return "".join(self.vocab[i] for i in ids)
 
 
 WORDS = WordTokenizer()
