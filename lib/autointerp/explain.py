@@ -206,6 +206,8 @@ class LLMExplainer:
             return None, r.error, "endpoint"
         text, error = parse_answer(r.text or "")
         if text is None:
+            if _opens_with_prompt(r.text or "", prompt):  # copying the prompt, not answering it
+                return None, f"{error}: the reply copies the prompt", "echo"
             if r.completion_tokens >= self.max_tokens:
                 return None, f"{error}: cut off at max_tokens={self.max_tokens}", "cut_off"
             return None, error, "format" if "marker in the reply" in error else "placeholder"
@@ -260,6 +262,12 @@ def parse_answer(reply: str) -> tuple[str | None, str | None]:
     if not line or _norm(line) in _PLACEHOLDERS:
         return None, f"nothing after the {MARKER!r} marker"
     return line, None
+
+
+def _opens_with_prompt(reply: str, prompt: str, n_words: int = 8) -> bool:
+    """Whether the reply's first ``n_words`` words stand verbatim in the prompt."""
+    head = _norm(reply).split()[:n_words]
+    return len(head) == n_words and f" {' '.join(head)} " in f" {_norm(prompt)} "
 
 
 def check_answer(text: str, prompt: str) -> tuple[str, str] | None:
