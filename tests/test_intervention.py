@@ -10,7 +10,7 @@ import torch
 
 from conftest import random_topk_sae
 
-from autointerp import cache, saes
+from autointerp import cache, metrics, saes
 from autointerp.scorers import intervention as iv
 
 HOOK = "model.layers.8"
@@ -229,3 +229,27 @@ def test_explanation_nll_matches_unpadded_reference(subject):
         # measured: at most 4e-5 nats apart (fp32 batched vs unbatched) on sums of ~30 nats
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
     assert len(set(np.round(ref, 3))) == len(ref)  # the passages do change the NLL
+
+
+def test_known_answer_rewards_the_true_word_over_another(subject, rows):
+    # Planted directions that raise one word each, through the same scoring path as a latent:
+    # each word must be its direction's top raised token, and the word itself must score above
+    # another word's on the same generations, for every word.
+    from autointerp import steering
+
+    class Rows:
+        tokens = rows
+
+    ka = steering.known_answer(subject, Rows(), words=(" ocean", " music", " fire"), n_prompts=4,
+                               max_len=20, gen_tokens=4, calibration_steps=10, progress=False)
+    assert ka.hits == 3, [r.details["raised"] for r in ka.results["known_raised"]]
+    true, shuf = ka.results["known_true"], ka.results["known_shuffled"]
+    assert [r.explanation for r in true] == ["ocean", "music", "fire"]
+    assert all(s.explanation != t.explanation for s, t in zip(shuf, true))
+    assert all(t.metrics.mean_score > s.metrics.mean_score for t, s in zip(true, shuf)), \
+        [(t.metrics.mean_score, s.metrics.mean_score) for t, s in zip(true, shuf)]
+    summ = steering.known_answer_summary(ka)
+    assert summ["hits"] == 3 and summ["verdict"] == metrics.TOO_FEW
+    assert "Too few words" in steering.known_answer_verdict(ka)
+    with pytest.raises(ValueError, match="one token each"):
+        steering.planted_output_sae(subject, [" zzqxj"])

@@ -143,3 +143,6 @@ def check_07(run_dir) -> None:
     for r in recs:
         assert math.isfinite(r["metrics"]["mean_score"]) and r["details"]["strength"] > 0
         assert abs(r["details"]["achieved_kl"] - r["details"]["target_kl"]) < 0.5 * r["details"]["target_kl"]
+    known = header["known_answer"]  # planted one-word directions: the path must find every word
+    assert known["hits"] == len(known["words"]) >= 2 and known["verdict"] in metrics.VERDICTS
+    assert {r["condition"] for r in recs} >= {"known_raised", "known_true", "known_shuffled"}

@@ -125,10 +125,12 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
     # forwards, rows of the corpus the random SAE's prompts come from
     "intervention": {
-        "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32),
-        "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96),
+        "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32,
+                      known_words=3),
+        "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96,
+                     known_words=6),
         "full": dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14,
-                     random_rows=2048),
+                     random_rows=2048, known_words=12),
     },
 }
 PARENT = {"surprisal": "scoring", "embedding": "scoring", "detection": "scoring",

@@ -1,11 +1,14 @@
 """Glue for chapter 07 (intervention scoring): a run's latents steered, explained by their output
 effect and scored, next to two controls — the same generations scored with another latent's
 explanation (shuffled) and the whole pipeline on a random SAE of the same shape — plus the
-chapter-02 (input-side) explanation scored on the same generations. Figures, a verdict from the
-run's numbers and ``scores/intervention.jsonl``. The method itself is ``scorers.intervention``.
+chapter-02 (input-side) explanation scored on the same generations. A known-answer case
+(``known_answer``: planted directions that raise one word each) checks the scoring path itself.
+Figures, a verdict from the run's numbers and ``scores/intervention.jsonl``. The method itself is
+``scorers.intervention``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +27,10 @@ from .scorers import intervention as iv
 
 # The run's knobs per profile are ``config.settings("intervention", profile, ...)``.
 CONDITIONS = ("trained", iv.SHUFFLED, iv.RANDOM_SAE, "input_explanation")
+# Known-answer words: common nouns that are one token in the SmolLM2/Llama tokenizers.
+KNOWN_WORDS = (" ocean", " music", " money", " king", " fire", " garden", " river", " doctor",
+               " winter", " bread", " horse", " paper")
+KNOWN = ("known_raised", "known_true", "known_shuffled")
 
 
 def _rundir(run_dir: str | Path | RunDir) -> RunDir:
@@ -121,6 +128,131 @@ def firing_latents(subject, sae, hook: str, rows: np.ndarray, n: int, *, min_row
                          "pass more rows (random_rows).")
     pick = np.random.default_rng(seed).choice(ok, min(n, ok.size), replace=False)
     return sorted(int(j) for j in pick)
+
+
+@dataclass(frozen=True)
+class KnownAnswer:
+    """Planted output directions through the scoring path: per word, the pipeline's own
+    (raised-token) explanation, the word itself, and another word, all on the same generations."""
+
+    words: tuple[str, ...]
+    hook: str
+    results: dict[str, list[ScorerResult]]  # KNOWN conditions
+    seconds: float
+
+    @property
+    def hits(self) -> int:
+        """Words that are the top raised token of their own direction."""
+        return sum(r.details["raised"][0][0].strip() == w.strip()
+                   for w, r in zip(self.words, self.results["known_raised"]) if r.details["raised"])
+
+
+def planted_output_sae(subject, words: Sequence[str], *, seed: int = 0):
+    """An SAE whose latent i provably raises ``words[i]``: its decoder row is the least-squares
+    direction, at the last layer's output, that raises that token's logit relative to every other
+    token (through the final RMSNorm gain and the unembedding, centred over the vocabulary, as a
+    shared shift leaves softmax unchanged); the encoder is zero. Returns (sae, hook)."""
+    import torch
+
+    from . import saes
+
+    tok, hf = subject.tokenizer, subject.hf
+    ids = []
+    for w in words:
+        t = tok(w, add_special_tokens=False)["input_ids"]
+        if len(t) != 1:
+            raise ValueError(f"{w!r} is {len(t)} tokens for {subject.name}'s tokenizer: known-answer "
+                             "words must be one token each; pick other words.")
+        ids.append(t[0])
+    hook = f"model.layers.{subject.n_layers - 1}"
+    head = hf.get_output_embeddings().weight.detach().float()
+    norm = getattr(getattr(hf, "model", None), "norm", None)
+    gain = norm.weight.detach().float() if norm is not None else torch.ones(head.shape[1])
+    with torch.no_grad():
+        a = head * gain
+        a = a - a.mean(0)
+        d = torch.linalg.solve(a.T @ a, a[ids].T).T
+        sae = saes.random_sae(head.shape[1], len(ids), 1, seed=seed, hook=hook)
+        sae.W_dec.copy_(d / d.norm(dim=1, keepdim=True))
+        sae.W_enc.zero_()
+    return sae.to(subject.device), hook
+
+
+def prompts_at_random(tokens: np.ndarray, n: int, *, min_len: int = 4, max_len: int | None = None,
+                      seed: int = 0) -> list[np.ndarray]:
+    """``n`` seeded rows, each cut at a seeded length in [min_len, max_len] (BOS first)."""
+    top = min(max_len or tokens.shape[1], tokens.shape[1])
+    rng = np.random.default_rng(seed)
+    rows = sorted(rng.choice(len(tokens), min(n, len(tokens)), replace=False).tolist())
+    return [np.asarray(tokens[r, :int(rng.integers(min_len, top + 1))], dtype=np.int64) for r in rows]
+
+
+def known_answer(subject, reader, n_words: int = 6, *, words: Sequence[str] | None = None,
+                 n_prompts: int = 6, max_len: int | None = 48, target_kl: float = 0.5,
+                 gen_tokens: int = 8, calibration_steps: int = 14, scorer=None, seed: int = 0,
+                 progress: bool = True) -> KnownAnswer:
+    """Score planted output directions (``planted_output_sae``) exactly as ``run_all`` scores a
+    latent, on prompts cut from the run's cached rows: the raised-token explanation, the true word
+    and another word (seeded derangement), all on the same generations."""
+    from tqdm.auto import tqdm
+
+    words = tuple(words or KNOWN_WORDS[:n_words])
+    if len(words) < 2:
+        raise ValueError("The known-answer case needs 2 or more words (another word is its control).")
+    t0 = time.perf_counter()
+    psae, hook = planted_output_sae(subject, words, seed=seed)
+    prompts = prompts_at_random(np.asarray(reader.tokens), n_prompts, max_len=max_len, seed=seed)
+    scorer = scorer or subject
+    raised = [iv.score_latent(subject, psae, hook, j, prompts, target_kl=target_kl, n_tokens=gen_tokens,
+                              seed=seed, scorer=scorer, calibration_steps=calibration_steps,
+                              control="known_raised")
+              for j in tqdm(range(len(words)), desc="known answer", disable=not progress)]
+    true = [iv.rescore(r, w.strip(), scorer, control="known_true") for r, w in zip(raised, words)]
+    shuf = [dataclasses.replace(r, control="known_shuffled") for r in iv.shuffled_control(true, scorer, seed=seed)]
+    return KnownAnswer(words, hook, dict(zip(KNOWN, (raised, true, shuf))),
+                       round(time.perf_counter() - t0, 1))
+
+
+def known_answer_summary(ka: KnownAnswer, *, seed: int = 0) -> dict[str, Any]:
+    """Hits, the true word minus another word (paired over words) and the mean top-token rise."""
+    d = base.compare(ka.results["known_true"], ka.results["known_shuffled"], "mean_score", seed=seed).diff
+    return {"words": list(ka.words), "hook": ka.hook, "hits": ka.hits, "true_minus_shuffled": d,
+            "verdict": metrics.verdict(d), "top_rise": _top_rise(ka.results["known_raised"])}
+
+
+def _top_rise(res: Sequence[ScorerResult]) -> float:
+    """Mean over latents of the probability rise of their top raised token."""
+    rises = [r.details["raised"][0][1] for r in res if r.details.get("raised")]
+    return float(np.mean(rises)) if rises else math.nan
+
+
+def known_answer_verdict(ka: KnownAnswer, run: InterventionRun | None = None, *, seed: int = 0) -> str:
+    """What the known answer says about the scoring path, and about ``run``'s result beside it."""
+    s = known_answer_summary(ka, seed=seed)
+    d, v, n = s["true_minus_shuffled"], s["verdict"], len(ka.words)
+    lines = [f"Planted directions at {ka.hook}: {s['hits']} of {n} words came out as their direction's top "
+             f"raised token (mean probability rise {s['top_rise']:.3f}).",
+             f"True word - another word, same generations: {d.mean:+.3f} nats [95% CI {d.low:+.3f}, {d.high:+.3f}]."]
+    if v == metrics.ABOVE:
+        lines.append("The scoring path rewards a true output explanation: calibration, generation and the "
+                     "scorer LM's NLL work when the output effect is one clear word.")
+        if run is not None and run.results.get("trained"):
+            rs = summary(run, seed=seed)["trained_minus"].get(iv.SHUFFLED)
+            if rs is not None and metrics.verdict(rs) != metrics.ABOVE:
+                lines.append(
+                    f"So this run's trained-vs-shuffled result ({rs.mean:+.3f} [{rs.low:+.3f}, {rs.high:+.3f}]) "
+                    "is not a defect of the path. At the same KL, the SAE's latents raised their top token by "
+                    f"{_top_rise(run.results['trained']):.3f} on average, against {s['top_rise']:.3f} for a "
+                    "planted word: their effect is spread over many tokens, and the raised-token "
+                    "explanations (e.g. " + ", ".join(repr(r.explanation) for r in run.results["trained"][:3])
+                    + ") name fragments that a 135M scorer cannot tell from another latent's.")
+    elif v == metrics.TOO_FEW:
+        lines.append(f"Too few words for a claim: raise known_words to {metrics.MIN_LATENTS_FOR_CLAIM} or more.")
+    else:
+        lines.append("Even a known, one-word output effect is not rewarded over another word: with this "
+                     "scorer LM and these settings the intervention scores above are not evidence either "
+                     "way. Try a larger scorer_model, a higher target_kl or more gen_tokens.")
+    return "\n".join(lines)
 
 
 def table(run: InterventionRun):
@@ -222,11 +354,16 @@ def scorer_prompt(result: ScorerResult, index: int = 0, intervened: bool = True)
 
 
 def write_results(run_dir: str | Path | RunDir, run: InterventionRun, *, seed: int = 0,
-                  settings: Mapping[str, Any] | None = None, **header: Any) -> Path:
+                  known: KnownAnswer | None = None, settings: Mapping[str, Any] | None = None,
+                  **header: Any) -> Path:
     """``<run_dir>/scores/intervention.jsonl`` (``results.write``, kind "scores"): header (metric,
-    summary, timings, skipped latents, ``settings``, ``header``), then one record per latent and
-    condition (the ``ScorerResult`` plus its ``condition``)."""
+    summary, timings, skipped latents, the known-answer summary, ``settings``, ``header``), then
+    one record per latent and condition (the ``ScorerResult`` plus its ``condition``; the known
+    answer's conditions are ``KNOWN``)."""
     recs = [{**results.plain(r), "condition": c} for c, res in run.results.items() for r in res]
+    if known is not None:
+        recs += [{**results.plain(r), "condition": c} for c, res in known.results.items() for r in res]
+        header["known_answer"] = known_answer_summary(known, seed=seed)
     summ = summary(run, seed=seed)
     return results.write(_rundir(run_dir).scores("intervention"), "scores", recs, settings=settings,
                          prompt_hash=results.digest({"template": iv.TEMPLATE}),
@@ -236,4 +373,6 @@ def write_results(run_dir: str | Path | RunDir, run: InterventionRun, *, seed: i
 
 
 __all__ = ["CONDITIONS", "chapter_latents", "input_explanations", "InterventionRun", "run_all", "table",
-           "summary", "verdict", "figure", "calibration_figure", "scorer_prompt", "write_results"]
+           "summary", "verdict", "figure", "calibration_figure", "scorer_prompt", "write_results", "KNOWN_WORDS",
+           "KNOWN", "KnownAnswer", "planted_output_sae", "prompts_at_random", "known_answer",
+           "known_answer_summary", "known_answer_verdict"]
