@@ -170,3 +170,72 @@ def test_d_in_mismatch_is_reported_with_both_widths(subject):
     with pytest.raises(ValueError, match=r"SAE d_in 1536 != width 576 of model.layers.8"):
         saes.check_fits(wide, subject, "model.layers.8")
     assert saes.check_fits(wide, subject, "model.layers.8.mlp.act_fn") == 1536
+
+
+def _mlp_capture(subject, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down_proj input, MLP output) of one layer, captured with plain torch hooks."""
+    seen = {}
+    mlp = subject.hf.model.layers[layer].mlp
+    h1 = mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("in", a[0].detach().clone()))
+    h2 = mlp.register_forward_hook(lambda m, a, o: seen.setdefault("out", o.detach().clone()))
+    try:
+        with torch.inference_mode():
+            subject.hf(ids)
+    finally:
+        h1.remove(), h2.remove()
+    return seen["in"], seen["out"]
+
+
+def test_input_hooks_read_the_module_input(subject, rows):
+    from autointerp import cache
+
+    ids = torch.from_numpy(np.asarray(rows[:2, :12], dtype=np.int64))
+    hook = models.neuron_hook(3)
+    assert models.split_hook(hook) == ("model.layers.3.mlp.down_proj", True)
+    assert models.split_hook("model.layers.3") == ("model.layers.3", False)
+    want, _ = _mlp_capture(subject, ids, 3)
+    got = cache.hooked_output(subject, hook, ids)
+    assert subject.hook_dim(hook) == subject.hf.config.intermediate_size == got.shape[-1]
+    assert torch.equal(got, want)
+    assert not torch.equal(cache.hooked_output(subject, "model.layers.3.mlp.down_proj", ids)[..., :8], got[..., :8])
+
+
+def test_neuron_sae_keeps_the_k_largest_and_steers_through_the_down_projection(subject, rows):
+    from autointerp.scorers import intervention as iv
+
+    sae, hook = saes.neuron_sae(subject, 3, k=8)
+    ids = torch.from_numpy(np.asarray(rows[:1, :10], dtype=np.int64))
+    hidden, mlp_out = _mlp_capture(subject, ids, 3)
+    with torch.inference_mode():
+        z = sae.encode(hidden[0])
+    top = torch.topk(hidden[0], 8, dim=-1)
+    kept = torch.zeros_like(hidden[0]).scatter(-1, top.indices, top.values.relu())
+    assert torch.equal(z, kept)
+    # steering neuron j at the last position adds strength * down_proj.weight[:, j] to the MLP output
+    j, strength = int(top.indices[-1, 0]), 2.5
+    seen = {}
+    mlp = subject.hf.model.layers[3].mlp
+    handle = mlp.register_forward_hook(lambda m, a, o: seen.setdefault("out", o.detach().clone()))
+    try:
+        with torch.inference_mode(), iv.intervene(subject, sae, hook, j, strength):
+            subject.hf(ids)
+    finally:
+        handle.remove()
+    delta = seen["out"][0, -1] - mlp_out[0, -1]
+    col = mlp.down_proj.weight[:, j].detach()
+    assert torch.allclose(delta, strength * col, atol=1e-4)
+    assert torch.equal(seen["out"][0, :-1], mlp_out[0, :-1])  # other positions untouched
+    out = saes.output_directions(sae, subject, hook)
+    assert out.shape == (subject.hf.config.intermediate_size, subject.hf.config.hidden_size)
+    assert torch.allclose(out[j], col)
+
+
+def test_randomly_initialised_copy_has_the_architecture_not_the_weights(subject):
+    a, b = models.randomly_initialised(subject, 0), models.randomly_initialised(subject, 0)
+    c = models.randomly_initialised(subject, 1)
+    names = [n for n, _ in subject.hf.named_parameters()]
+    assert [n for n, _ in a.hf.named_parameters()] == names and a.tokenizer is subject.tokenizer
+    w = lambda m: m.hf.model.layers[2].mlp.up_proj.weight
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
+    assert not torch.allclose(w(a), w(subject))
+    assert abs(float(w(a).detach().std()) - subject.hf.config.initializer_range) < 0.002

@@ -23,9 +23,11 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
     "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
+    "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
 }
 
-PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")}}
+PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
+                 "08": ["00", "01", "02", "06"]}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def check_results_files(run_dir) -> None:
     """Every results file the run has written so far reads with the one reader, names its schema
     and loads into pandas in one call."""
     files = sorted(run_dir.glob("*.jsonl")) + sorted((run_dir / "scores").glob("*.jsonl"))
+    files += sorted(run_dir.glob("variants/*/*.jsonl")) + sorted(run_dir.glob("variants/*/scores/*.jsonl"))
     for path in files:
         header, records = results.read(path)
         assert header["schema"] == results.schema_id(header["kind"]), path
@@ -132,7 +135,23 @@ CHECKS = {
     "05": lambda d: check_scores(d, ["surprisal"]),
     "06": lambda d: check_scores(d, ["embedding"]),
     "07": lambda d: check_07(d),
+    "08": lambda d: check_08(d),
 }
+
+
+def check_08(run_dir) -> None:
+    header, rows = results.read(run_dir / "scores" / "baselines.jsonl", "scores")
+    info = header["variants"]
+    assert set(info) == {"sae", "narrow", "neurons", "random_sae", "random_model"}
+    assert info["neurons"]["hook"].endswith("mlp.down_proj.input") and info["narrow"]["width"] < info["sae"]["width"]
+    scored = [v for v, i in info.items() if not i["note"]]
+    assert {"sae", "neurons", "random_sae"} <= set(scored)
+    assert all(i["n_latents"]["embedding"] >= 2 for v, i in info.items() if v in scored)
+    claims = {r["claim"] for r in rows}
+    assert len(claims) == 4 and all(v in metrics.VERDICTS for v in header["verdicts"].values())
+    for r in rows:
+        if r["scorer"] != "-":
+            assert -1 <= r["low"] <= r["effect"] <= r["high"] <= 1 and r["planted_exam"] != "-"
 
 
 def check_07(run_dir) -> None:

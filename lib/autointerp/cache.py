@@ -112,11 +112,14 @@ def sae_fingerprint(sae) -> str:
 
 
 def hooked_output(subject, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
-    """Output of the hooked module, [B, T, d]; the forward stops there (nnsight ``tracer.stop``)."""
-    envoy = subject.envoy(hook)
+    """Output (or, for a ``.input`` hook, input) of the hooked module, [B, T, d]; the forward
+    stops there (nnsight ``tracer.stop``)."""
+    from .models import split_hook
+
+    envoy, on_input = subject.envoy(hook), split_hook(hook)[1]
     with torch.inference_mode():
         with subject.nn.trace(input_ids) as tracer:
-            out = envoy.output
+            out = envoy.input if on_input else envoy.output
             hidden = (out[0] if isinstance(out, tuple) else out).save()
             tracer.stop()
     return hidden

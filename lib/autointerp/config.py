@@ -122,6 +122,14 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
         "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
     },
+    # notebook 08: every baseline re-cached on the same rows (n_tokens), n_latents per variant,
+    # test examples per latent, and the offline scorers run on each (surprisal is an LM forward
+    # per example and condition: the full profile only, by default)
+    "baselines": {
+        "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding",)),
+        "demo": dict(n_tokens=65_536, n_latents=24, n_pos=20, n_neg=20, scorers=("embedding",)),
+        "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal")),
+    },
     # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
     # forwards, rows of the corpus the random SAE's prompts come from
     "intervention": {

@@ -1,7 +1,9 @@
 """The subject model: embedded SmolLM2 (from a gguf), a local HF folder, or a hub id; nnsight-wrapped.
 
 Hook points are module paths in the Hugging Face model, e.g. ``model.layers.8`` (residual stream
-after block 8) or ``model.layers.8.mlp`` (MLP output). The same paths name nnsight envoys.
+after block 8) or ``model.layers.8.mlp`` (MLP output): the module's output. A path ending in
+``.input`` is the module's first input, as in nnsight (``model.layers.8.mlp.down_proj.input``: the
+MLP's hidden activation, the neurons). The same paths name nnsight envoys.
 """
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ from .config import EMBEDDED_MODEL
 from .paths import HubUnreachable, data_dir, embedded_gguf, hub_reachable
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+INPUT = ".input"
+
+
+def split_hook(hook: str) -> tuple[str, bool]:
+    """``(module path, reads the module's input)``: ``"a.b.input"`` -> ``("a.b", True)``."""
+    return (hook.removesuffix(INPUT), True) if hook.endswith(INPUT) else (hook, False)
+
+
+def neuron_hook(layer: int) -> str:
+    """The MLP hidden activation (input of the down projection) of a Llama-family block."""
+    return f"model.layers.{layer}.mlp.down_proj{INPUT}"
 
 
 @dataclass
@@ -40,35 +53,41 @@ class SubjectModel:
         return self._nn
 
     def module(self, hook: str) -> torch.nn.Module:
-        """The torch module at a hook path, with a clear error listing close names."""
+        """The torch module at a hook path (``.input`` dropped), with a clear error listing close names."""
+        path, _ = split_hook(hook)
         try:
-            return self.hf.get_submodule(hook)
+            return self.hf.get_submodule(path)
         except AttributeError:
             names = [n for n, _ in self.hf.named_modules() if n]
-            close = difflib.get_close_matches(hook, names, n=5, cutoff=0.5)
+            close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
             raise ValueError(
                 f"Unknown hook {hook!r} in {self.name}: no module has that path. "
                 f"Close matches: {close or names[:5]}. Hooks are module paths such as "
-                f"'model.layers.8' (residual) or 'model.layers.8.mlp' (MLP output)."
+                f"'model.layers.8' (residual), 'model.layers.8.mlp' (MLP output) or "
+                f"'{neuron_hook(8)}' (neurons)."
             ) from None
 
     def envoy(self, hook: str):
-        """The nnsight envoy at a hook path (``model.layers.8`` -> ``nn.model.layers[8]``)."""
+        """The nnsight envoy of a hook's module (``model.layers.8`` -> ``nn.model.layers[8]``);
+        read ``.input`` or ``.output`` on it as ``split_hook(hook)`` says."""
         self.module(hook)
         node = self.nn
-        for part in hook.split("."):
+        for part in split_hook(hook)[0].split("."):
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         return node
 
     def hook_dim(self, hook: str) -> int:
-        """Width of the hooked module's output, read off one tiny forward."""
+        """Width of the hooked output (or input), read off one tiny forward."""
         seen: list[int] = []
 
-        def grab(_m, _i, out):
-            seen.append((out[0] if isinstance(out, tuple) else out).shape[-1])
+        def grab(_m, inp, out=None):
+            x = inp[0] if out is None else out
+            seen.append((x[0] if isinstance(x, tuple) else x).shape[-1])
             raise _Stop
 
-        handle = self.module(hook).register_forward_hook(grab)
+        module = self.module(hook)
+        handle = (module.register_forward_pre_hook(grab) if split_hook(hook)[1]
+                  else module.register_forward_hook(grab))
         try:
             with torch.inference_mode():
                 self.hf(torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device))
@@ -122,6 +141,19 @@ def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float
         raise RuntimeError(_hub_hint(spec, f"{type(err).__name__}: {err}")) from err
     hf.to(device).eval()
     return SubjectModel(hf=hf, tokenizer=tok, name=spec, source=source)
+
+
+def randomly_initialised(subject: SubjectModel, seed: int = 0) -> SubjectModel:
+    """A copy of ``subject`` with the same architecture and tokenizer and freshly initialised
+    weights (the model class's own init, seeded): the random-model control of METHODS §6."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    dtype = next(subject.hf.parameters()).dtype
+    hf = AutoModelForCausalLM.from_config(subject.hf.config, dtype=dtype)
+    hf.to(subject.device).eval()
+    return SubjectModel(hf=hf, tokenizer=subject.tokenizer, name=f"{subject.name} (random init, seed {seed})",
+                        source=subject.source)
 
 
 def _hub_hint(spec: str, why: str) -> str:

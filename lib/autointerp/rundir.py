@@ -10,6 +10,7 @@
       planted/t<tokens>_s<seed>/    planted latents of known meaning (03-06)
       scores/<name>.jsonl           one scorer's results (03-07)
       scores/<name>_validity.jsonl  its planted-latent exam (03-06)
+      variants/<name>/              a baseline through the same pipeline, this layout again (08)
       notebooks/                    the executed chapters (the runner)
 
 ``RunDir.require(name)`` returns an input's path, or raises "run chapter NN first".
@@ -30,6 +31,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "llm_cache": ("llm_cache", "02_explaining"),
     "planted": ("planted", "03_detection"),
     "scores": ("scores", "03_detection"),
+    "variants": ("variants", "08_neurons"),
     "notebooks": ("notebooks", "the runner (python -m autointerp.run)"),
 }
 
@@ -81,6 +83,10 @@ class RunDir:
     def validity(self, name: str) -> Path:
         """``scores/<name>_validity.jsonl``: that scorer's planted-latent exam."""
         return self.scores_dir / f"{name}_validity.jsonl"
+
+    def variant(self, name: str) -> RunDir:
+        """``variants/<name>``: a baseline's own run directory (same layout)."""
+        return RunDir(self.path("variants") / name)
 
     def planted(self, n_tokens: int, seed: int) -> Path:
         """``planted/t<n_tokens>_s<seed>``: planted latents built on that many corpus tokens."""

@@ -120,6 +120,39 @@ def random_sae(d_in: int, d_sae: int, k: int, *, seed: int = 0, hook: str = "",
     return sae.eval()
 
 
+def neuron_sae(subject, layer: int, k: int = 32) -> tuple[SAE, str]:
+    """Neurons as an identity-like SAE (METHODS §6): at the MLP's hidden activation (the down
+    projection's input), encoder and decoder are the identity and TopK keeps the k largest values
+    per token (sae-lens TopK then drops negatives among them, which SiLU-gated MLPs rarely have).
+    Steering neuron j at that hook adds ``strength * down_proj.weight[:, j]`` to the MLP output, so
+    intervention works unchanged; ``output_directions`` gives those columns for the logit lens,
+    hard negatives and alignment. Returns (sae, hook)."""
+    from .models import neuron_hook
+
+    hook = neuron_hook(layer)
+    d = subject.hook_dim(hook)
+    sae = random_sae(d, d, k, hook=hook, model_name=subject.name)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+    return sae.to(subject.device), hook
+
+
+def output_directions(sae: SAE, subject, hook: str) -> torch.Tensor:
+    """Each latent's direction in the model's output space of the hooked module, [d_sae, d]: the
+    decoder rows, or for a ``.input`` hook those rows sent through the module (for the neurons'
+    down projection: its weight's columns)."""
+    from .models import split_hook
+
+    w = sae.W_dec.detach().float()
+    if split_hook(hook)[1]:
+        module = subject.module(hook)
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"{hook}: output directions of an input hook need a Linear module.")
+        w = w @ module.weight.detach().float().T  # [d_sae, d_out]
+    return w.cpu()
+
+
 def check_fits(sae: SAE, subject, hook: str) -> int:
     """Raise a clear error unless the SAE's d_in equals the width of the hooked module's output."""
     d_hook = subject.hook_dim(hook)

@@ -125,7 +125,14 @@ def intervene(subject, sae, hook: str, latent: int, strength: float,
         h[rows, pos] = h[rows, pos] + (sae.decode(z2) - sae.decode(z)).to(h.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
-    handle = subject.module(hook).register_forward_hook(fwd)
+    def pre(mod, args):  # a ".input" hook: the same edit on the module's first input
+        out = fwd(mod, args, args[0])
+        return None if out is None else (out, *args[1:])
+
+    from ..models import split_hook
+
+    module = subject.module(hook)
+    handle = module.register_forward_pre_hook(pre) if split_hook(hook)[1] else module.register_forward_hook(fwd)
     try:
         yield
     finally:
