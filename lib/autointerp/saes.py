@@ -221,6 +221,65 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
     return report
 
 
+def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], out_root: Path, *, k: int,
+               batch_tokens: int = 512, lr: float = 1e-3, seed: int = 0, heldout_rows: int = 32,
+               first_pos: int = 1, progress: bool = True) -> dict[str, TrainReport]:
+    """Train several TopK SAEs at once (``specs``: name -> (hook, width)) with sae-lens's
+    ``MultiSAETrainingRunner``: one forward pass per batch feeds every hook. Each SAE is trained
+    exactly as ``train_topk`` trains one (same tokens, batch, lr, dead-latent window) and saved
+    in sae-lens format in ``out_root/<name>``. SAEs already there are left alone (not retrained)."""
+    import datasets
+    from sae_lens import LoggingConfig, MultiSAETrainingRunner, MultiSAETrainingRunnerConfig, TopKTrainingSAEConfig
+    from sae_lens.load_model import HookedProxyLM
+
+    todo = {n: hw for n, hw in specs.items() if not (Path(out_root) / n / SAE_LENS_WEIGHTS).exists()}
+    n_rows, ctx_len = tokens.shape
+    if n_rows <= heldout_rows + 1:
+        raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
+    train_rows, held = tokens[:-heldout_rows], tokens[-heldout_rows:]
+    n_train = int(train_rows[:, first_pos:].size)
+    seconds = 0.0
+    if todo:
+        hooks = sorted({h for h, _ in todo.values()})
+        cfg = MultiSAETrainingRunnerConfig(
+            saes={n: TopKTrainingSAEConfig(d_in=subject.hook_dim(h), d_sae=w, k=k, dtype="float32", device="cpu",
+                                           normalize_activations="expected_average_only_in")
+                  for n, (h, w) in todo.items()},
+            hook_names={n: h for n, (h, _) in todo.items()},
+            model_class_name="AutoModelForCausalLM", model_name=subject.source, dataset_path="autointerp-packed",
+            streaming=False, context_size=ctx_len, prepend_bos=False, seqpos_slice=(first_pos, None),
+            training_tokens=n_train, train_batch_size_tokens=batch_tokens,
+            store_batch_size_prompts=max(1, min(16, batch_tokens // ctx_len)),
+            n_batches_in_buffer=4 * -(-batch_tokens // ctx_len), lr=lr, seed=seed, device=str(subject.device),
+            logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, save_final_checkpoint=False,
+            checkpoint_path=str(Path(out_root) / "checkpoints"), output_path=None,
+            n_batches_for_norm_estimate=4, dead_feature_window=10)  # as train_topk
+        dataset = datasets.Dataset.from_dict({"input_ids": train_rows.astype(np.int64).tolist()})
+        proxy = HookedProxyLM(subject.hf, subject.tokenizer, hook_names=hooks)
+        logging.getLogger("sae_lens").setLevel(logging.ERROR)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        trained = MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=proxy).run()
+        seconds = time.perf_counter() - t0
+        for n, sae in trained.items():
+            (Path(out_root) / n).mkdir(parents=True, exist_ok=True)
+            sae.save_inference_model(str(Path(out_root) / n))
+    reports = {}
+    for n, (hook, width) in specs.items():
+        out_dir = Path(out_root) / n
+        if n in todo:
+            sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
+            fvu, alive = evaluate(sae, subject, hook, held, first_pos)
+            rep = TrainReport(path=str(out_dir), d_in=int(sae.cfg.d_in), d_sae=width, k=k, hook=hook,
+                              training_tokens=n_train, seconds=round(seconds / len(todo), 1), fvu=fvu,
+                              frac_alive=alive)
+            (out_dir / "train_report.json").write_text(json.dumps({**rep.__dict__, "trained_with": sorted(todo)},
+                                                                  indent=2))
+        reports[n] = TrainReport(**{k_: v for k_, v in json.loads((out_dir / "train_report.json").read_text()).items()
+                                    if k_ in TrainReport.__dataclass_fields__})
+    return reports
+
+
 def hooked_activations(subject, hook: str, tokens: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Outputs of the hooked module for rows of tokens, [n_rows, ctx_len, d] (stops early)."""
     from .cache import hooked_output
