@@ -219,3 +219,16 @@ def test_record_is_json_and_summaries_are_consistent():
     assert rec["share_above"]["0.7"] == M.share_above(0.7)
     q = list(M.quantiles().values())
     assert q == sorted(q) and M.similarity.min() <= q[0] and q[-1] <= M.similarity.max()
+
+
+def test_layer_family_specs_stay_inside_the_model():
+    from autointerp import layers
+
+    sp = layers.specs("model.layers.8", 30, 1024)
+    assert [n for n in sp if n.startswith("resid")] == ["resid7", "resid8", "resid9", "resid10"]
+    assert sp["mlp9"] == ("model.layers.9.mlp", 1024) and sp["twin"] == ("model.layers.8", 1024)
+    assert sp["narrow"] == ("model.layers.8", 256)
+    top = layers.specs("model.layers.29", 30, 256)  # the last layer: the window moves down
+    assert [n for n in top if n.startswith("mlp")] == ["mlp26", "mlp27", "mlp28", "mlp29"]
+    with pytest.raises(ValueError, match="residual hook"):
+        layers.specs("model.layers.8.mlp", 30, 256)

@@ -23,11 +23,12 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
     "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
+    "09": ["scores/alignment.jsonl", "layers/resid8/cfg.json", "layers/mlp8/sae_weights.safetensors"],
     "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
 }
 
 PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
-                 "08": ["00", "01", "02", "06"]}
+                 "08": ["00", "01", "02", "06"], "09": ["00"]}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,20 @@ CHECKS = {
     "06": lambda d: check_scores(d, ["embedding"]),
     "07": lambda d: check_07(d),
     "08": lambda d: check_08(d),
+    "09": lambda d: check_09(d),
 }
+
+
+def check_09(run_dir) -> None:
+    header, recs = results.read(run_dir / "scores" / "alignment.jsonl", "scores")
+    assert header["verdict"] in metrics.VERDICTS and set(header["agreement"]) == {"adjacent residual", "other init"}
+    by = {r["pair"]: r for r in recs}
+    assert {r["kind"] for r in recs} == {"resid", "mlp", "seeds", "widths", "random_floor"}
+    assert sum(r["kind"] == "resid" for r in recs) == 6 and by["widths"]["n_a"] < by["widths"]["n_b"]
+    for r in recs:
+        assert r["n_matched"] == min(r["n_a"], r["n_b"]) == len(set(r["cols"]))  # one to one
+        assert -1 <= r["mean_similarity"] <= 1 and all(0 <= v <= 1 for v in r["share_above"].values())
+    assert by["random_floor"]["mean_similarity"] < 0.3
 
 
 def check_08(run_dir) -> None:

@@ -2,7 +2,7 @@
 
 Modules are imported on first use (``import autointerp as ai; ai.cache``). The pipeline's
 stages: models, corpus, saes, cache, examples (+ neighbours), explain (+ explanations), scorers, planted,
-baselines (neurons and random controls through the same stages), alignment (latents matched across SAEs).
+baselines (neurons and random controls through the same stages), alignment (latents matched across SAEs), layers (the SAE family chapter 09 matches).
 The shape they share:
 config (the settings table), rundir (the run-directory layout), records (what flows between
 stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
@@ -15,7 +15,7 @@ import importlib
 __version__ = "0.1.0"
 _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
-           "judging", "steering", "widgets", "run", "baselines", "alignment"}
+           "judging", "steering", "widgets", "run", "baselines", "alignment", "layers"}
 
 
 def __getattr__(name: str):

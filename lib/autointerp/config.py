@@ -130,6 +130,13 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "demo": dict(n_tokens=65_536, n_latents=24, n_pos=20, n_neg=20, scorers=("embedding",)),
         "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal")),
     },
+    # notebook 09: the SAE family (residual + MLP at n_layers adjacent layers, a twin, a narrow
+    # one), trained together on train_tokens; rows for the token-list explanations of matched pairs
+    "alignment": {
+        "smoke": dict(width=128, train_tokens=8_192, n_layers=4, agreement_rows=64),
+        "demo": dict(width=1024, train_tokens=65_536, n_layers=4, agreement_rows=256),
+        "full": dict(width=16_384, train_tokens=2_000_000, n_layers=4, agreement_rows=2048),
+    },
     # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
     # forwards, rows of the corpus the random SAE's prompts come from
     "intervention": {

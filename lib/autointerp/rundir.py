@@ -11,6 +11,7 @@
       scores/<name>.jsonl           one scorer's results (03-07)
       scores/<name>_validity.jsonl  its planted-latent exam (03-06)
       variants/<name>/              a baseline through the same pipeline, this layout again (08)
+      layers/<name>/                SAEs at adjacent layers, a twin and a narrow one, sae-lens format (09)
       notebooks/                    the executed chapters (the runner)
 
 ``RunDir.require(name)`` returns an input's path, or raises "run chapter NN first".
@@ -32,6 +33,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "planted": ("planted", "03_detection"),
     "scores": ("scores", "03_detection"),
     "variants": ("variants", "08_neurons"),
+    "layers": ("layers", "09_alignment"),
     "notebooks": ("notebooks", "the runner (python -m autointerp.run)"),
 }
 

@@ -1,0 +1,162 @@
+"""A family of SAEs around the run's layer, matched latent to latent (chapter 09).
+
+Residual-stream and MLP-output SAEs at adjacent layers, a twin of the run-layer residual SAE with
+another random initialisation, and a narrower one, all trained together (``saes.train_many``: one
+forward pass per batch feeds every hook) into ``<run>/layers/<name>`` and matched with
+``alignment.match``. The paper's finding: adjacent residual SAEs are highly similar, more than MLP
+ones; across seeds and widths only part of a dictionary is shared.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import alignment, metrics, results, saes
+from .rundir import RunDir
+
+HOOKS = {"resid": "model.layers.{}", "mlp": "model.layers.{}.mlp"}
+SHARED = 0.7  # matched cosine above which a latent counts as shared (Paulo & Belrose 2025)
+
+
+@dataclass(frozen=True)
+class Family:
+    """The trained SAEs by name (``resid<L>``, ``mlp<L>``, ``twin``, ``narrow``), their hooks."""
+
+    layers: tuple[int, ...]
+    saes: dict[str, Any]
+    hooks: dict[str, str]
+    reports: dict[str, saes.TrainReport]
+
+
+def _layer(hook: str) -> int:
+    m = re.fullmatch(r"model\.layers\.(\d+)", hook)
+    if not m:
+        raise ValueError(f"hook {hook!r}: chapter 09 needs a residual hook 'model.layers.N'.")
+    return int(m.group(1))
+
+
+def specs(hook: str, n_model_layers: int, width: int, n_layers: int = 4) -> dict[str, tuple[str, int]]:
+    """name -> (hook, width): residual and MLP SAEs at ``n_layers`` adjacent layers from one below
+    the run's layer, a twin of the run-layer residual SAE and one a quarter as wide."""
+    L = _layer(hook)
+    first = max(0, min(L - 1, n_model_layers - n_layers))
+    out = {f"{kind}{l}": (HOOKS[kind].format(l), width) for kind in HOOKS
+           for l in range(first, first + n_layers)}
+    out["twin"] = (HOOKS["resid"].format(L), width)
+    out["narrow"] = (HOOKS["resid"].format(L), max(width // 4, 64))
+    return out
+
+
+def train(rundir: RunDir, subject, tokens: np.ndarray, *, width: int, k: int, n_layers: int = 4,
+          batch_tokens: int = 512, seed: int = 0, hook: str, progress: bool = True) -> Family:
+    """Train (once) and load the family; trained SAEs are reused on rerun."""
+    sp = specs(hook, subject.n_layers, width, n_layers)
+    root = rundir.path("layers")
+    reports = saes.train_many(subject, tokens, sp, root, k=k, batch_tokens=batch_tokens, seed=seed,
+                              progress=progress)
+    loaded = {n: saes.load(str(root / n), device=str(subject.device)) for n in sp}
+    layers = tuple(int(n.removeprefix("resid")) for n in sp if n.startswith("resid"))
+    return Family(layers, loaded, {n: h for n, (h, _) in sp.items()}, reports)
+
+
+def layer_matchings(fam: Family, kind: str, *, directions: str = "decoder") -> dict[tuple[int, int], alignment.Matching]:
+    """Every pair of layers (a < b) of one kind, matched on decoder (or encoder) directions."""
+    d = {l: alignment.directions(fam.saes[f"{kind}{l}"], directions) for l in fam.layers}
+    return {(a, b): alignment.match(d[a], d[b], progress=False)
+            for i, a in enumerate(fam.layers) for b in fam.layers[i + 1:]}
+
+
+def gap_table(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Matching]]):
+    """One row per kind and layer pair: gap, mean and median matched cosine, share shared."""
+    import pandas as pd
+
+    rows = [{"kind": kind, "layers": f"{a}-{b}", "gap": b - a, "mean cos": float(m.similarity.mean()),
+             "median cos": float(np.median(m.similarity)), f"share > {SHARED}": m.share_above(SHARED)}
+            for kind, ms in by_kind.items() for (a, b), m in ms.items()]
+    return pd.DataFrame(rows).round(3)
+
+
+def kind_difference(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Matching]], *, gap: int = 1,
+                    seed: int = 0) -> metrics.MeanWithCI:
+    """Residual minus MLP mean matched cosine at one layer gap (pairs pooled; unpaired bootstrap)."""
+    pooled = {k: np.concatenate([m.similarity for (a, b), m in ms.items() if b - a == gap])
+              for k, ms in by_kind.items()}
+    return metrics.unpaired_difference(pooled["resid"].tolist(), pooled["mlp"].tolist(), seed=seed)
+
+
+def heatmap(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Matching]], layers: Sequence[int]):
+    """Mean matched cosine for every pair of layers, residual and MLP side by side."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(by_kind), subplot_titles=[f"{k}: mean matched cosine" for k in by_kind])
+    for c, (kind, ms) in enumerate(by_kind.items(), start=1):
+        z = np.eye(len(layers))
+        for (a, b), m in ms.items():
+            i, j = layers.index(a), layers.index(b)
+            z[i, j] = z[j, i] = float(m.similarity.mean())
+        fig.add_heatmap(z=z, x=[str(x) for x in layers], y=[str(x) for x in layers], zmin=0, zmax=1,
+                        colorscale="Viridis", showscale=c == len(by_kind), row=1, col=c,
+                        text=np.round(z, 2), texttemplate="%{text}")
+    fig.update_layout(height=360, template="plotly_white", title="Hungarian-matched decoder cosine by layer pair")
+    return fig
+
+
+def distribution_figure(named: Mapping[str, alignment.Matching]):
+    """Histogram of matched cosines, one trace per matching."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, m in named.items():
+        fig.add_histogram(x=m.similarity, name=name, opacity=0.6, nbinsx=40, histnorm="probability")
+    fig.add_vline(x=SHARED, line_dash="dash", annotation_text=f"shared > {SHARED}")
+    fig.update_layout(barmode="overlay", xaxis_title="matched cosine", yaxis_title="share of latents",
+                      template="plotly_white", height=340)
+    return fig
+
+
+def token_lists(subject, sae, hook: str, rows: np.ndarray, n: int = 5, batch_size: int = 16) -> dict[int, str]:
+    """A cheap explanation per latent that fires on these rows: its n most strongly activating
+    distinct tokens, "tok1, tok2, ..." (the top-tokens idea, computed in memory)."""
+    from .cache import encode_batch
+
+    best: dict[int, dict[int, float]] = {}
+    for b0 in range(0, len(rows), batch_size):
+        ids = torch.from_numpy(np.asarray(rows[b0:b0 + batch_size], dtype=np.int64))
+        z = encode_batch(subject, sae, hook, ids.to(subject.device))[:, 1:].float().cpu()
+        tok = ids[:, 1:]
+        r, p, j = z.nonzero(as_tuple=True)
+        for t, lat, v in zip(tok[r, p].tolist(), j.tolist(), z[r, p, j].tolist()):
+            d = best.setdefault(lat, {})
+            d[t] = max(d.get(t, 0.0), v)
+    return {lat: ", ".join(repr(subject.tokenizer.decode([t]))[1:-1]
+                           for t, _ in sorted(d.items(), key=lambda x: -x[1])[:n])
+            for lat, d in best.items() if len(d) >= 2}
+
+
+def agreement(subject, fam: Family, a: str, b: str, m: alignment.Matching, rows: np.ndarray, embed_fn, *,
+              seed: int = 0) -> alignment.Agreement:
+    """Do matched latents of SAEs ``a`` and ``b`` get similar token-list explanations? (matched
+    pairs where both latents fire on ``rows``, vs the same pairs shuffled)."""
+    ta = token_lists(subject, fam.saes[a], fam.hooks[a], rows)
+    tb = token_lists(subject, fam.saes[b], fam.hooks[b], rows)
+    keep = [(i, j) for i, j in zip(m.rows.tolist(), m.cols.tolist()) if i in ta and j in tb]
+    if len(keep) < 2:
+        raise ValueError(f"Only {len(keep)} matched pairs fire on these rows: pass more rows.")
+    texts_a, texts_b = [ta[i] for i, _ in keep], [tb[j] for _, j in keep]
+    idx = np.arange(len(keep))
+    return alignment.explanation_agreement(texts_a, texts_b, (idx, idx), embed_fn, seed=seed)
+
+
+def write(rundir: RunDir, records: Sequence[Mapping[str, Any]], **header: Any):
+    """``scores/alignment.jsonl``: one record per matching (``alignment.to_record`` plus names)."""
+    return results.write(rundir.scores("alignment"), "scores", list(records), scorer="alignment",
+                         metric="matched cosine", **header)
+
+
+__all__ = ["HOOKS", "SHARED", "Family", "specs", "train", "layer_matchings", "gap_table", "kind_difference",
+           "heatmap", "distribution_figure", "token_lists", "agreement", "write"]
