@@ -156,13 +156,13 @@ def check_09(run_dir) -> None:
 def check_08(run_dir) -> None:
     header, rows = results.read(run_dir / "scores" / "baselines.jsonl", "scores")
     info = header["variants"]
-    assert set(info) == {"sae", "narrow", "neurons", "random_sae", "random_model"}
+    assert set(info) == {"sae", "narrow", "mlp", "neurons", "random_sae", "random_model"}
     assert info["neurons"]["hook"].endswith("mlp.down_proj.input") and info["narrow"]["width"] < info["sae"]["width"]
     scored = [v for v, i in info.items() if not i["note"]]
-    assert {"sae", "neurons", "random_sae"} <= set(scored)
+    assert {"sae", "neurons", "random_sae", "mlp"} <= set(scored) and info["mlp"]["hook"].endswith(".mlp")
     assert all(i["n_latents"]["embedding"] >= 2 for v, i in info.items() if v in scored)
     claims = {r["claim"] for r in rows}
-    assert len(claims) == 4 and all(v in metrics.VERDICTS for v in header["verdicts"].values())
+    assert len(claims) == 5 and all(v in metrics.VERDICTS for v in header["verdicts"].values())
     for r in rows:
         if r["scorer"] != "-":
             assert -1 <= r["low"] <= r["effect"] <= r["high"] <= 1 and r["planted_exam"] != "-"

@@ -6,6 +6,7 @@ explanations -> scorers with the same rows, settings and seeds, in its own run d
 
 - ``sae``: the run's SAE (chapter 00);
 - ``narrow``: an SAE trained the same way with a quarter of the width (wider vs narrower);
+- ``mlp``: an SAE trained the same way on the MLP output of the same layer (residual vs MLP);
 - ``neurons``: the MLP's hidden units of the SAE's layer, top-k per token (``saes.neuron_sae``);
 - ``random_sae``: a random SAE of the same width and k (``saes.random_sae``);
 - ``random_model``: an SAE trained the same way on a randomly initialised copy of the model.
@@ -29,12 +30,14 @@ from . import cache, examples, explain, explanations, metrics, models, results, 
 from .rundir import RunDir
 from .scorers import ScoreRun, run_with_control
 
-VARIANTS = ("sae", "narrow", "neurons", "random_sae", "random_model")
-WHAT = {"sae": "the run's SAE", "narrow": "SAE, 1/4 of the width", "neurons": "MLP neurons, top-k",
+VARIANTS = ("sae", "narrow", "mlp", "neurons", "random_sae", "random_model")
+WHAT = {"sae": "the run's SAE", "narrow": "SAE, 1/4 of the width", "mlp": "SAE on the MLP output, same layer",
+        "neurons": "MLP neurons, top-k",
         "random_sae": "random SAE, same width and k", "random_model": "SAE trained on a random-init model"}
 # (claim, variant that should score higher, variant it is compared with)
 CLAIMS = (("SAE latents are more interpretable than neurons", "sae", "neurons"),
           ("wider SAE scores higher than narrower", "sae", "narrow"),
+          ("residual SAE scores at least as high as MLP SAE", "sae", "mlp"),
           ("trained SAE scores higher than a random SAE", "sae", "random_sae"),
           ("trained-model SAE scores higher than random-model SAE", "sae", "random_model"))
 HOLDS = {metrics.ABOVE: "holds", metrics.BELOW: "does not hold (reversed)",
@@ -79,15 +82,25 @@ def build_variant(cfg, name: str, subject, packed, *, progress: bool = True):
     if name == "random_sae":
         sae = saes.random_sae(subject.hook_dim(cfg.hook), width, k, seed=cfg.seed, hook=cfg.hook)
         return sae.to(subject.device), cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
-    reader_model = models.randomly_initialised(subject, cfg.seed) if name == "random_model" else subject
-    width = max(width // 4, 4 * k) if name == "narrow" else width
-    if not (vdir.sae_dir / saes.SAE_LENS_WEIGHTS).exists():
-        rows = packed.tokens[: max(cfg.train_tokens // cfg.ctx_len, 1)]
-        saes.train_topk(reader_model, rows, cfg.hook, vdir.sae_dir, width=width, k=k,
-                        batch_tokens=cfg.train_batch_tokens, seed=cfg.seed, progress=progress)
+    rows = packed.tokens[: max(cfg.train_tokens // cfg.ctx_len, 1)]
+    if name == "random_model":
+        reader_model = models.randomly_initialised(subject, cfg.seed)
+        if not (vdir.sae_dir / saes.SAE_LENS_WEIGHTS).exists():
+            saes.train_topk(reader_model, rows, cfg.hook, vdir.sae_dir, width=width, k=k,
+                            batch_tokens=cfg.train_batch_tokens, seed=cfg.seed, progress=progress)
+    else:  # narrow and mlp read the same model: trained together, one forward pass per batch
+        reader_model = subject
+        together = {"narrow": (cfg.hook, max(width // 4, 4 * k)), "mlp": (mlp_hook(cfg.hook), width)}
+        saes.train_many(subject, rows, together, cfg.path.path("variants"), k=k, batch_tokens=cfg.train_batch_tokens,
+                        seed=cfg.seed, subdir="sae", progress=progress)
     sae = saes.load(str(vdir.sae_dir), device=cfg.device, dtype=cfg.dtype)
     info = json.loads((vdir.sae_dir / "train_report.json").read_text())
-    return sae, cfg.hook, reader_model, {"source": "trained here", **info}
+    return sae, info["hook"], reader_model, {"source": "trained here", **info}
+
+
+def mlp_hook(hook: str) -> str:
+    """The MLP output of the run hook's layer."""
+    return f"model.layers.{_layer(hook)}.mlp"
 
 
 def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, n_tokens: int,

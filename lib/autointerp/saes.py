@@ -223,16 +223,17 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
 
 def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], out_root: Path, *, k: int,
                batch_tokens: int = 512, lr: float = 1e-3, seed: int = 0, heldout_rows: int = 32,
-               first_pos: int = 1, progress: bool = True) -> dict[str, TrainReport]:
+               first_pos: int = 1, subdir: str = "", progress: bool = True) -> dict[str, TrainReport]:
     """Train several TopK SAEs at once (``specs``: name -> (hook, width)) with sae-lens's
     ``MultiSAETrainingRunner``: one forward pass per batch feeds every hook. Each SAE is trained
     exactly as ``train_topk`` trains one (same tokens, batch, lr, dead-latent window) and saved
-    in sae-lens format in ``out_root/<name>``. SAEs already there are left alone (not retrained)."""
+    in sae-lens format in ``out_root/<name>/<subdir>``. SAEs already there are left alone (not retrained)."""
     import datasets
     from sae_lens import LoggingConfig, MultiSAETrainingRunner, MultiSAETrainingRunnerConfig, TopKTrainingSAEConfig
     from sae_lens.load_model import HookedProxyLM
 
-    todo = {n: hw for n, hw in specs.items() if not (Path(out_root) / n / SAE_LENS_WEIGHTS).exists()}
+    where = {n: Path(out_root) / n / subdir for n in specs}
+    todo = {n: hw for n, hw in specs.items() if not (where[n] / SAE_LENS_WEIGHTS).exists()}
     n_rows, ctx_len = tokens.shape
     if n_rows <= heldout_rows + 1:
         raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
@@ -262,11 +263,11 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
         trained = MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=proxy).run()
         seconds = time.perf_counter() - t0
         for n, sae in trained.items():
-            (Path(out_root) / n).mkdir(parents=True, exist_ok=True)
-            sae.save_inference_model(str(Path(out_root) / n))
+            where[n].mkdir(parents=True, exist_ok=True)
+            sae.save_inference_model(str(where[n]))
     reports = {}
     for n, (hook, width) in specs.items():
-        out_dir = Path(out_root) / n
+        out_dir = where[n]
         if n in todo:
             sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
             fvu, alive = evaluate(sae, subject, hook, held, first_pos)
