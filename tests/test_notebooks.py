@@ -10,7 +10,7 @@ import math
 import nbformat
 import pytest
 
-from autointerp import explain, metrics, planted, results, run
+from autointerp import findings, explain, metrics, planted, results, run
 
 NOTEBOOKS = run.notebooks()
 EXPECTED = {  # files a chapter must leave in the run directory
@@ -23,12 +23,14 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
     "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
+    "10": ["findings.json"],
     "09": ["scores/alignment.jsonl", "layers/resid8/cfg.json", "layers/mlp8/sae_weights.safetensors"],
     "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
 }
 
 PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
-                 "08": ["00", "01", "02", "06"], "09": ["00"]}
+                 "08": ["00", "01", "02", "06"], "09": ["00"],
+                 "10": ["00", "01", "02", "05", "06", "07", "08", "09"]}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,19 @@ CHECKS = {
     "07": lambda d: check_07(d),
     "08": lambda d: check_08(d),
     "09": lambda d: check_09(d),
+    "10": lambda d: check_10(d),
 }
+
+
+def check_10(run_dir) -> None:
+    """The regression check: this smoke run's watched numbers against the committed baseline."""
+    doc = json.loads((run_dir / "findings.json").read_text())
+    assert doc["schema"] == findings.SCHEMA and len(doc["findings"]) >= 7
+    assert all(r["verdict"] in metrics.VERDICTS for r in doc["findings"])
+    base = findings.baseline_path("smoke")
+    assert base.exists(), f"no smoke baseline at {base}: {findings.REFRESH}"
+    drifts = findings.check(run_dir, base)
+    assert not drifts, findings.check_text(drifts, base)
 
 
 def check_09(run_dir) -> None:

@@ -15,7 +15,7 @@ import importlib
 __version__ = "0.1.0"
 _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
-           "judging", "steering", "widgets", "run", "baselines", "alignment", "layers"}
+           "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings"}
 
 
 def __getattr__(name: str):

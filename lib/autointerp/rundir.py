@@ -12,6 +12,7 @@
       scores/<name>_validity.jsonl  its planted-latent exam (03-06)
       variants/<name>/              a baseline through the same pipeline, this layout again (08)
       layers/<name>/                SAEs at adjacent layers, a twin and a narrow one, sae-lens format (09)
+      findings.json                 the paper's claims from this run, and its watched numbers (10)
       notebooks/                    the executed chapters (the runner)
 
 ``RunDir.require(name)`` returns an input's path, or raises "run chapter NN first".
@@ -34,6 +35,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "scores": ("scores", "03_detection"),
     "variants": ("variants", "08_neurons"),
     "layers": ("layers", "09_alignment"),
+    "findings": ("findings.json", "10_findings"),
     "notebooks": ("notebooks", "the runner (python -m autointerp.run)"),
 }
 
