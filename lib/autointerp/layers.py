@@ -89,6 +89,52 @@ def kind_difference(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Mat
     return metrics.unpaired_difference(pooled["resid"].tolist(), pooled["mlp"].tolist(), seed=seed)
 
 
+def kind_text(diff: metrics.MeanWithCI, gaps, floor: alignment.Matching) -> str:
+    """The residual-vs-MLP sentence and the random-floor sentence, from this run's numbers."""
+    v = metrics.verdict(diff)
+    r1, m1 = (gaps[(gaps.kind == k) & (gaps.gap == 1)]["mean cos"].mean() for k in ("resid", "mlp"))
+    said = {metrics.ABOVE: "residual SAEs at adjacent layers are MORE alike than MLP ones, as in the paper.",
+            metrics.BELOW: "MLP SAEs are more alike than residual ones here: the paper's finding does NOT hold at this scale.",
+            metrics.NOT_DISTINGUISHABLE: "not distinguishable at this scale.",
+            metrics.TOO_FEW: "too few latents for a claim."}[v]
+    f = float(floor.similarity.mean())
+    at_floor = gaps[gaps["mean cos"] <= f + 0.05]
+    return (f"Adjacent layers (gap 1): residual {r1:.3f} vs MLP {m1:.3f} mean matched cosine; residual - MLP "
+            f"{diff.mean:+.3f} [95% CI {diff.low:+.3f}, {diff.high:+.3f}] over {diff.n} matched latents: {said}\n"
+            f"Random floor {f:.3f}: " + ("every layer pair stands above it." if at_floor.empty else
+                                          f"{len(at_floor)} layer pair(s) ({', '.join(at_floor.kind + ' ' + at_floor.layers)}) "
+                                          "sit within 0.05 of it: those dictionaries share little beyond chance."))
+
+
+def next_layer(fam: Family, hook: str) -> tuple[str, str]:
+    """(run layer's residual SAE, the next layer's) names in the family."""
+    L = _layer(hook)
+    return f"resid{L}", f"resid{fam.layers[fam.layers.index(L) + 1]}"
+
+
+def pair_browser(subject, fam: Family, a: str, b: str, m: alignment.Matching, rows: np.ndarray):
+    """Pick a matched pair (most similar first): the tokens each latent fires on most."""
+    import html
+
+    import ipywidgets as w
+
+    ta = token_lists(subject, fam.saes[a], fam.hooks[a], rows, n=8)
+    tb = token_lists(subject, fam.saes[b], fam.hooks[b], rows, n=8)
+    order = [int(i) for i in np.argsort(-m.similarity) if m.rows[i] in ta and m.cols[i] in tb]
+    pick = w.Dropdown(options=[(f"{a}:{m.rows[i]} <-> {b}:{m.cols[i]}  cos {m.similarity[i]:.2f}", i) for i in order],
+                      description="pair", layout=w.Layout(width="560px"))
+    out = w.HTML()
+
+    def show(_=None) -> None:
+        i = pick.value
+        out.value = (f"<b>{a} latent {m.rows[i]}</b>: {html.escape(ta[m.rows[i]])}<br><b>{b} latent {m.cols[i]}</b>: "
+                     f"{html.escape(tb[m.cols[i]])}<br>matched cosine {m.similarity[i]:.3f}")
+
+    pick.observe(show, "value")
+    show()
+    return w.VBox([pick, out])
+
+
 def heatmap(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Matching]], layers: Sequence[int]):
     """Mean matched cosine for every pair of layers, residual and MLP side by side."""
     from plotly.subplots import make_subplots
@@ -159,4 +205,4 @@ def write(rundir: RunDir, records: Sequence[Mapping[str, Any]], **header: Any):
 
 
 __all__ = ["HOOKS", "SHARED", "Family", "specs", "train", "layer_matchings", "gap_table", "kind_difference",
-           "heatmap", "distribution_figure", "token_lists", "agreement", "write"]
+           "kind_text", "next_layer", "pair_browser", "heatmap", "distribution_figure", "token_lists", "agreement", "write"]
