@@ -30,6 +30,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/cache.py
+	$(PY) bench/alignment.py
+	$(PY) bench/training.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
