@@ -42,11 +42,14 @@ def test_non_explanations_fail_with_their_cause():
                 ("good", "I think that these excerpts are all about something quite long and"),  # cut off
                 ("good", "It is about files."),  # no marker, not cut off
                 ("good", "Worked example 1. Excerpts: Example 1: The ship crossed the Atlantic in"),  # a copy
+                # the prompt's frame continued with other words (seen on demo after the first fix)
+                ("good", "Worked example 2. Excerpts:\nExample 1: The ship crossed the Atlantic in ten"),
                 ("good", "[EXPLANATION]: The word file in instructions about reading")])
     kinds = [x.details.get("failure") for x in out]
-    assert kinds == ["placeholder", "too_short", "echo", "echo", "placeholder", "cut_off", "format", "echo", None]
-    assert [x.failed for x in out] == [True] * 8 + [False]
-    assert all(x.text is None for x in out[:8]) and out[8].text.startswith("The word file")
+    assert kinds == ["placeholder", "too_short", "echo", "echo", "placeholder", "cut_off", "format", "echo", "echo",
+                     None]
+    assert [x.failed for x in out] == [True] * 9 + [False]
+    assert all(x.text is None for x in out[:9]) and out[9].text.startswith("The word file")
     assert "copies the prompt" in out[7].error  # cut off too, but raising max_tokens would not help
     assert "max_tokens=12" in out[5].error
 

@@ -264,8 +264,10 @@ def parse_answer(reply: str) -> tuple[str | None, str | None]:
     return line, None
 
 
-def _opens_with_prompt(reply: str, prompt: str, n_words: int = 8) -> bool:
-    """Whether the reply's first ``n_words`` words stand verbatim in the prompt."""
+def _opens_with_prompt(reply: str, prompt: str, n_words: int = 5) -> bool:
+    """Whether the reply's first ``n_words`` words stand verbatim in the prompt (a reply that opens
+    with the prompt's own frame, e.g. "Worked example 2. Excerpts: Example 1:", is continuing the
+    prompt, whatever words follow)."""
     head = _norm(reply).split()[:n_words]
     return len(head) == n_words and f" {' '.join(head)} " in f" {_norm(prompt)} "
 
