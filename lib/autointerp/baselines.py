@@ -66,9 +66,10 @@ def _layer(hook: str) -> int:
     return int(m.group(1))
 
 
-def build_variant(cfg, name: str, subject, packed, *, progress: bool = True):
+def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None = None, progress: bool = True):
     """(sae, hook, the model whose activations it reads, info) for one variant; trained variants
-    are trained once into ``variants/<name>/sae`` (sae-lens format) and reloaded on rerun."""
+    are trained once into ``variants/<name>/sae`` (sae-lens format) on ``train_tokens`` (None: as
+    many as the run's SAE) and reloaded on rerun."""
     if name not in VARIANTS:
         raise ValueError(f"Unknown variant {name!r}; known: {VARIANTS}.")
     vdir = cfg.path.variant(name)
@@ -82,7 +83,7 @@ def build_variant(cfg, name: str, subject, packed, *, progress: bool = True):
     if name == "random_sae":
         sae = saes.random_sae(subject.hook_dim(cfg.hook), width, k, seed=cfg.seed, hook=cfg.hook)
         return sae.to(subject.device), cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
-    rows = packed.tokens[: max(cfg.train_tokens // cfg.ctx_len, 1)]
+    rows = packed.tokens[: max((train_tokens or cfg.train_tokens) // cfg.ctx_len, 1)]
     if name == "random_model":
         reader_model = models.randomly_initialised(subject, cfg.seed)
         if not (vdir.sae_dir / saes.SAE_LENS_WEIGHTS).exists():
@@ -105,12 +106,14 @@ def mlp_hook(hook: str) -> str:
 
 def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, n_tokens: int,
                 n_latents: int, settings: examples.ExampleSettings, n_pos: int | None = None,
-                n_neg: int | None = None, max_rate: float = 0.05, progress: bool = True) -> VariantResult:
+                n_neg: int | None = None, max_rate: float = 0.05, train_tokens: int | None = None,
+                progress: bool = True) -> VariantResult:
     """One variant through cache, examples, the top-tokens explainer and every scorer in
     ``scorers`` (name -> scorer), each with its shuffled control; scores are written to
     ``variants/<name>/scores/<scorer>.jsonl``."""
     t0 = time.perf_counter()
-    sae, hook, reader_model, info = build_variant(cfg, name, subject, packed, progress=progress)
+    sae, hook, reader_model, info = build_variant(cfg, name, subject, packed, train_tokens=train_tokens,
+                                                  progress=progress)
     vdir = cfg.path.variant(name)
     vcfg = dataclasses.replace(cfg, run_dir=str(vdir.root), hook=hook, n_tokens=n_tokens, sae=f"variant:{name}")
     reader = cache.for_run(vcfg, reader_model, sae, packed, progress=progress)

@@ -126,9 +126,11 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # test examples per latent, and the offline scorers run on each (surprisal is an LM forward
     # per example and condition: the full profile only, by default)
     "baselines": {
-        "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding",)),
-        "demo": dict(n_tokens=65_536, n_latents=24, n_pos=20, n_neg=20, scorers=("embedding",)),
-        "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal")),
+        # train_tokens: the trained variants' budget (None: the run SAE's, so they train the same way)
+        "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding",), train_tokens=8_192),
+        "demo": dict(n_tokens=65_536, n_latents=24, n_pos=20, n_neg=20, scorers=("embedding",), train_tokens=None),
+        "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal"),
+                     train_tokens=None),
     },
     # notebook 09: the SAE family (residual + MLP at n_layers adjacent layers, a twin, a narrow
     # one), trained together on train_tokens; rows for the token-list explanations of matched pairs
