@@ -31,13 +31,14 @@ def test_claims_read_from_the_unpaired_ci(tmp_path):
     low = list(0.55 + 0.02 * rng.standard_normal(12))
     mixed = list(0.85 + 0.2 * rng.standard_normal(12))
     v = {"sae": _variant("sae", high), "neurons": _variant("neurons", low),
-         "narrow": _variant("narrow", mixed), "random_sae": _variant("random_sae", high[:3]),
+         "narrow": _variant("narrow", mixed), "mlp": _variant("mlp", high), "random_sae": _variant("random_sae", high[:3]),
          "random_model": _variant("random_model", None, "only 0 of 24 candidate latents ...")}
     rows = {r["claim"]: r for r in baselines.claims(v, RunDir(tmp_path))}
     by = {b: rows[c] for c, a, b in baselines.CLAIMS}
     assert by["neurons"]["reading"] == "holds" and by["neurons"]["effect"] > 0.25
     assert by["neurons"]["low"] > 0 and by["neurons"]["n_a"] == by["neurons"]["n_b"] == 12
     assert by["narrow"]["reading"] == "inconclusive at this scale"
+    assert by["mlp"]["reading"] == "inconclusive at this scale" and abs(by["mlp"]["effect"]) < 1e-12
     assert by["random_sae"]["reading"].startswith("inconclusive (too few")
     assert by["random_model"]["reading"].startswith("not measured: random_model only 0")
     assert by["neurons"]["planted_exam"] == "not taken"
