@@ -4,7 +4,8 @@ Each variant is a set of latents read at one hook; every variant goes through ca
 explanations -> scorers with the same rows, settings and seeds, in its own run directory
 ``<run>/variants/<name>`` (the ``RunDir`` layout again):
 
-- ``sae``: the run's SAE (chapter 00);
+- ``sae``: the run's SAE (chapter 00), or, when the variants train on another budget
+  (``train_tokens``), an SAE of the same shape retrained on that budget with them;
 - ``narrow``: an SAE trained the same way with a quarter of the width (wider vs narrower);
 - ``mlp``: an SAE trained the same way on the MLP output of the same layer (residual vs MLP);
 - ``neurons``: the MLP's hidden units of the SAE's layer, top-k per token (``saes.neuron_sae``);
@@ -74,7 +75,8 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
         raise ValueError(f"Unknown variant {name!r}; known: {VARIANTS}.")
     vdir = cfg.path.variant(name)
     width, k = cfg.sae_width, cfg.sae_k
-    if name == "sae":
+    same_budget = train_tokens is None or train_tokens == cfg.train_tokens
+    if name == "sae" and same_budget:
         sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)
         return sae, cfg.hook, subject, {"source": cfg.sae_spec}
     if name == "neurons":
@@ -89,9 +91,11 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
         if not (vdir.sae_dir / saes.SAE_LENS_WEIGHTS).exists():
             saes.train_topk(reader_model, rows, cfg.hook, vdir.sae_dir, width=width, k=k,
                             batch_tokens=cfg.train_batch_tokens, seed=cfg.seed, progress=progress)
-    else:  # narrow and mlp read the same model: trained together, one forward pass per batch
+    else:  # narrow, mlp (and sae on another budget) read the same model: trained together, one pass
         reader_model = subject
         together = {"narrow": (cfg.hook, max(width // 4, 4 * k)), "mlp": (mlp_hook(cfg.hook), width)}
+        if not same_budget:  # the run's SAE retrained on this budget, so widths and hooks compare fairly
+            together["sae"] = (cfg.hook, width)
         saes.train_many(subject, rows, together, cfg.path.path("variants"), k=k, batch_tokens=cfg.train_batch_tokens,
                         seed=cfg.seed, subdir="sae", progress=progress)
     sae = saes.load(str(vdir.sae_dir), device=cfg.device, dtype=cfg.dtype)

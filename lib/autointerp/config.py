@@ -126,9 +126,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # test examples per latent, and the offline scorers run on each (surprisal is an LM forward
     # per example and condition: the full profile only, by default)
     "baselines": {
-        # train_tokens: the trained variants' budget (None: the run SAE's, so they train the same way)
+        # train_tokens: the trained variants' budget (None: the run SAE's; otherwise the run's SAE is
+        # retrained on it beside them, so every trained variant has the same budget)
         "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding",), train_tokens=8_192),
-        "demo": dict(n_tokens=65_536, n_latents=24, n_pos=20, n_neg=20, scorers=("embedding",), train_tokens=None),
+        "demo": dict(n_tokens=32_768, n_latents=16, n_pos=20, n_neg=20, scorers=("embedding",), train_tokens=65_536),
         "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal"),
                      train_tokens=None),
     },
@@ -136,7 +137,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # one), trained together on train_tokens; rows for the token-list explanations of matched pairs
     "alignment": {
         "smoke": dict(width=128, train_tokens=8_192, n_layers=4, agreement_rows=64),
-        "demo": dict(width=1024, train_tokens=65_536, n_layers=4, agreement_rows=256),
+        "demo": dict(width=1024, train_tokens=32_768, n_layers=4, agreement_rows=256),
         "full": dict(width=16_384, train_tokens=2_000_000, n_layers=4, agreement_rows=2048),
     },
     # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
