@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import cache, examples, explain, explanations, metrics, models, results, saes, scoring
+from .findings import exam_passed
 from .rundir import RunDir
 from .scorers import ScoreRun, run_with_control
 
@@ -41,8 +41,6 @@ CLAIMS = (("SAE latents are more interpretable than neurons", "sae", "neurons"),
           ("residual SAE scores at least as high as MLP SAE", "sae", "mlp"),
           ("trained SAE scores higher than a random SAE", "sae", "random_sae"),
           ("trained-model SAE scores higher than random-model SAE", "sae", "random_model"))
-HOLDS = {metrics.ABOVE: "holds", metrics.BELOW: "does not hold (reversed)",
-         metrics.NOT_DISTINGUISHABLE: "inconclusive at this scale", metrics.TOO_FEW: "inconclusive (too few latents)"}
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,6 @@ class VariantResult:
     note: str = ""  # why the variant has no scores, when it has none
 
 
-def _layer(hook: str) -> int:
-    m = re.fullmatch(r"model\.layers\.(\d+)(\..+)?", hook)
-    if not m:
-        raise ValueError(f"hook {hook!r}: the neuron and layer baselines need a 'model.layers.N[...]' hook.")
-    return int(m.group(1))
-
-
 def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None = None, progress: bool = True):
     """(sae, hook, the model whose activations it reads, info) for one variant; trained variants
     are trained once into ``variants/<name>/sae`` (sae-lens format) on ``train_tokens`` (None: as
@@ -80,8 +71,8 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
         sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)
         return sae, cfg.hook, subject, {"source": cfg.sae_spec}
     if name == "neurons":
-        sae, hook = saes.neuron_sae(subject, _layer(cfg.hook), k=k)
-        return sae, hook, subject, {"source": f"neurons of layer {_layer(cfg.hook)}"}
+        sae, hook = saes.neuron_sae(subject, models.layer_of(cfg.hook), k=k)
+        return sae, hook, subject, {"source": f"neurons of layer {models.layer_of(cfg.hook)}"}
     if name == "random_sae":
         sae = saes.random_sae(subject.hook_dim(cfg.hook), width, k, seed=cfg.seed, hook=cfg.hook)
         return sae.to(subject.device), cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
@@ -105,7 +96,7 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
 
 def mlp_hook(hook: str) -> str:
     """The MLP output of the run hook's layer."""
-    return f"model.layers.{_layer(hook)}.mlp"
+    return f"model.layers.{models.layer_of(hook)}.mlp"
 
 
 def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, n_tokens: int,
@@ -177,7 +168,7 @@ def table(variants: Mapping[str, VariantResult], *, seed: int = 0):
     return pd.DataFrame(rows).set_index(["scorer", "variant"])
 
 
-def exam_passed(rundir: RunDir, scorer: str) -> str:
+def exam_verdict(rundir: RunDir, scorer: str) -> str:
     """That scorer's planted exam on this run (chapters 05/06): its verdict, or "not taken"."""
     path = rundir.validity(scorer)
     if not path.exists():
@@ -206,7 +197,8 @@ def claims(variants: Mapping[str, VariantResult], rundir: RunDir, *, seed: int =
             v = metrics.verdict(d)
             rows.append({"claim": claim, "scorer": sname, "effect": d.mean, "low": d.low, "high": d.high,
                          "n_a": int(np.isfinite(va).sum()), "n_b": int(np.isfinite(vb).sum()),
-                         "planted_exam": exam_passed(rundir, sname), "verdict": v, "reading": HOLDS[v]})
+                         "planted_exam": exam_verdict(rundir, sname), "verdict": v,
+                         "reading": metrics.READING[v]})
     return rows
 
 
@@ -219,7 +211,7 @@ def claims_text(rows: Sequence[Mapping[str, Any]]) -> str:
             continue
         lines.append(f"{r['claim']} ({r['scorer']}): {r['effect']:+.3f} AUROC [95% CI {r['low']:+.3f}, "
                      f"{r['high']:+.3f}], {r['n_a']} vs {r['n_b']} latents: {r['reading'].upper()}"
-                     + ("" if str(r["planted_exam"]).startswith("separates") else
+                     + ("" if exam_passed(r["planted_exam"]) else
                         f" (this scorer's planted exam: {r['planted_exam']}, so read it with care)") + ".")
     return "\n".join(lines)
 
@@ -292,4 +284,4 @@ def quantile_figure(variants: Mapping[str, VariantResult], scorer: str, *, seed:
 
 
 __all__ = ["VARIANTS", "WHAT", "CLAIMS", "VariantResult", "build_variant", "run_variant", "table",
-           "exam_passed", "claims", "claims_text", "write", "figure", "browser", "quantile_figure"]
+           "exam_verdict", "claims", "claims_text", "write", "figure", "browser", "quantile_figure"]

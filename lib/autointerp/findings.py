@@ -24,8 +24,6 @@ from . import metrics, results
 from .rundir import RunDir
 
 SCHEMA = "autointerp.findings/1"
-HOLDS = {metrics.ABOVE: "holds", metrics.BELOW: "does not hold (reversed)",
-         metrics.NOT_DISTINGUISHABLE: "inconclusive at this scale", metrics.TOO_FEW: "inconclusive (too few latents)"}
 # The tolerance of each watched number when a baseline is refreshed (absolute, in its own units),
 # and why: runs differ across machines in float rounding (SAE training, llama.cpp), not in kind.
 TOLERANCE = {"sae.fvu": (0.05, "SAE training on another CPU rounds differently"),
@@ -69,7 +67,7 @@ def _row(claim: str, chapter: str, scorer: str, d: Mapping[str, Any] | metrics.M
     v = metrics.verdict(d)
     return {"claim": claim, "chapter": chapter, "scorer": scorer, "effect": d.mean, "low": d.low, "high": d.high,
             "n": d.n, "planted_exam": exam, "exam_passed": exam_passed(exam), "verdict": v,
-            "reading": HOLDS[v] + (f" ({note})" if note else "")}
+            "reading": metrics.READING[v] + (f" ({note})" if note else "")}
 
 
 def exam_passed(exam: str) -> bool:
@@ -153,8 +151,8 @@ def write(run_dir: str | Path | RunDir, rows: Sequence[Mapping[str, Any]], **hea
 
 
 def tolerance(name: str) -> tuple[float, str]:
-    return TOLERANCE.get(name, TOLERANCE["effect"]) if name.startswith("effect: ") or name not in TOLERANCE \
-        else TOLERANCE[name]
+    """A watched number's tolerance and why (a claim's effect, or anything unlisted: the "effect" one)."""
+    return TOLERANCE.get(name, TOLERANCE["effect"])
 
 
 def baseline_path(profile: str) -> Path:
@@ -229,5 +227,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["SCHEMA", "HOLDS", "TOLERANCE", "Drift", "collect", "key_metrics", "write", "tolerance",
+__all__ = ["SCHEMA", "TOLERANCE", "Drift", "collect", "key_metrics", "write", "tolerance",
            "baseline_path", "refresh", "check", "new_metrics", "check_text", "exam_passed", "main"]

@@ -8,7 +8,6 @@ ones; across seeds and widths only part of a dictionary is shared.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import alignment, metrics, results, saes
+from . import alignment, metrics, models, results, saes
 from .rundir import RunDir
 
 HOOKS = {"resid": "model.layers.{}", "mlp": "model.layers.{}.mlp"}
@@ -34,10 +33,11 @@ class Family:
 
 
 def _layer(hook: str) -> int:
-    m = re.fullmatch(r"model\.layers\.(\d+)", hook)
-    if not m:
+    """The run layer of a residual hook ``model.layers.N`` (chapter 09 builds around it)."""
+    layer = models.layer_of(hook) if hook.startswith("model.layers.") else -1
+    if hook != HOOKS["resid"].format(layer):
         raise ValueError(f"hook {hook!r}: chapter 09 needs a residual hook 'model.layers.N'.")
-    return int(m.group(1))
+    return layer
 
 
 def specs(hook: str, n_model_layers: int, width: int, n_layers: int = 4) -> dict[str, tuple[str, int]]:

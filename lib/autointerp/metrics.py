@@ -24,6 +24,9 @@ BELOW = "below the control"
 NOT_DISTINGUISHABLE = "not distinguishable from the control"
 TOO_FEW = "too few latents"
 VERDICTS = (ABOVE, BELOW, NOT_DISTINGUISHABLE, TOO_FEW)
+# How a verdict reads when the comparison is one of the paper's claims (chapters 08 and 10).
+READING = {ABOVE: "holds", BELOW: "does not hold (reversed)", NOT_DISTINGUISHABLE: "inconclusive at this scale",
+           TOO_FEW: "inconclusive (too few latents)"}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,16 @@ def split_hook(hook: str) -> tuple[str, bool]:
     return (hook.removesuffix(INPUT), True) if hook.endswith(INPUT) else (hook, False)
 
 
+def layer_of(hook: str) -> int:
+    """The block index of a Llama-family hook path (``model.layers.N`` or below it)."""
+    import re
+
+    m = re.fullmatch(r"model\.layers\.(\d+)(\..+)?", hook)
+    if not m:
+        raise ValueError(f"hook {hook!r}: this needs a 'model.layers.N[...]' hook path.")
+    return int(m.group(1))
+
+
 def neuron_hook(layer: int) -> str:
     """The MLP hidden activation (input of the down projection) of a Llama-family block."""
     return f"model.layers.{layer}.mlp.down_proj{INPUT}"
