@@ -239,3 +239,28 @@ def test_randomly_initialised_copy_has_the_architecture_not_the_weights(subject)
     assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
     assert not torch.allclose(w(a), w(subject))
     assert abs(float(w(a).detach().std()) - subject.hf.config.initializer_range) < 0.002
+
+
+def test_an_llm_request_still_works_after_nnsight_is_used():
+    """nnsight gives every class a ``save`` attribute; anyio's asyncio backend, loaded lazily by the
+    LLM client's first request, then failed to import (chapter 08 uses both in one process). A fresh
+    interpreter, as a kernel is: use an envoy, then load the backend an LLM request needs."""
+    import subprocess
+    import sys
+
+    code = ("import autointerp as ai; s = ai.models.load('embedded'); s.envoy('model.layers.1'); "
+            "import anyio, anyio._backends._asyncio, anyio.abc; anyio.run(anyio.sleep, 0); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_mlp_output_hook_follows_the_module_tree(subject):
+    """SmolLM2 (Llama family): the MLP module's output; a block with a post-MLP norm (Gemma 2) would
+    give that norm's output, as TransformerLens's hook_mlp_out and Gemma Scope read it."""
+    assert models.mlp_output_hook(subject, 3) == "model.layers.3.mlp"
+    block = subject.hf.get_submodule("model.layers.3")
+    block.post_feedforward_layernorm = torch.nn.Identity()
+    try:
+        assert models.mlp_output_hook(subject, 3) == "model.layers.3.post_feedforward_layernorm"
+    finally:
+        del block.post_feedforward_layernorm

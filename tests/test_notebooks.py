@@ -172,14 +172,20 @@ def check_08(run_dir) -> None:
     info = header["variants"]
     assert set(info) == {"sae", "narrow", "mlp", "neurons", "random_sae", "random_model"}
     assert info["neurons"]["hook"].endswith("mlp.down_proj.input") and info["narrow"]["width"] < info["sae"]["width"]
-    scored = [v for v, i in info.items() if not i["note"]]
-    assert {"sae", "neurons", "random_sae", "mlp"} <= set(scored) and info["mlp"]["hook"].endswith(".mlp")
-    assert all(i["n_latents"]["embedding"] >= 2 for v, i in info.items() if v in scored)
+    assert info["mlp"]["hook"].endswith(".mlp")
+    for name, i in info.items():  # every variant scored (the random-init model's row-level latents too)
+        assert not i["note"] and not i["missing"], (name, i)
+        assert i["n_latents"]["embedding"] >= 2 and i["n_latents"]["intervention"] >= 2 and i["n_latents"]["detection"] >= 2
+        assert (run_dir / "variants" / name / "scores" / "intervention.jsonl").exists()
     claims = {r["claim"] for r in rows}
     assert len(claims) == 5 and all(v in metrics.VERDICTS for v in header["verdicts"].values())
+    assert {r["scorer"] for r in rows} == {"embedding", "intervention", "detection"}
     for r in rows:
-        if r["scorer"] != "-":
-            assert -1 <= r["low"] <= r["effect"] <= r["high"] <= 1 and r["planted_exam"] != "-"
+        assert r["low"] <= r["effect"] <= r["high"] and r["planted_exam"] != "-"
+        if r["metric"] == "auroc":
+            assert -1 <= r["low"] and r["high"] <= 1
+        if r["scorer"] == "intervention":
+            assert r["metric"] == "mean_score" and r["planted_exam"].startswith("known answer")
 
 
 def check_07(run_dir) -> None:

@@ -123,22 +123,44 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
     },
     # notebook 08: every baseline re-cached on the same rows (n_tokens), n_latents per variant,
-    # test examples per latent, and the offline scorers run on each (surprisal is an LM forward
-    # per example and condition: the full profile only, by default)
+    # test examples per latent, latents firing on at most max_rate of tokens (0.2: an SAE trained on
+    # a random-init model has row-level latents that fire densely), and the scorers run on each:
+    # `scorers` always (surprisal is an LM forward per example and condition: full only); the judges
+    # (an LLM call per excerpt) on judge_latents latents with judge_examples of each kind, and only
+    # when their planted exam on this run passed ("exam passed"; smoke runs them "always" so the
+    # test run covers them); intervention steers `steer` latents per variant (steering.run_all sizes).
+    # sources: variant -> an SAE to load instead of training one ({layer}: the run's layer); the full
+    # profile takes Gemma Scope's 16k residual SAE (the narrower one) and its 131k MLP-output SAE
     "baselines": {
+        "all": dict(max_rate=0.2, judges=("detection", "fuzzing"), judges_when="exam passed", sources={}),
         # train_tokens: the trained variants' budget (None: the run SAE's; otherwise the run's SAE is
         # retrained on it beside them, so every trained variant has the same budget)
-        "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding",), train_tokens=8_192),
-        "demo": dict(n_tokens=32_768, n_latents=16, n_pos=20, n_neg=20, scorers=("embedding",), train_tokens=65_536),
-        "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50, scorers=("embedding", "surprisal"),
-                     train_tokens=None),
+        "smoke": dict(n_tokens=8_192, n_latents=8, n_pos=10, n_neg=10, scorers=("embedding", "intervention"),
+                      train_tokens=8_192, judges=("detection",), judges_when="always", judge_latents=2,
+                      judge_examples=1,
+                      steer=dict(n_latents=3, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8)),
+        "demo": dict(n_tokens=32_768, n_latents=16, n_pos=20, n_neg=20, scorers=("embedding", "intervention"),
+                     train_tokens=65_536, judge_latents=5, judge_examples=3,
+                     steer=dict(n_latents=5, n_prompts=4, max_len=32, gen_tokens=6, calibration_steps=10)),
+        "full": dict(n_tokens=2_000_000, n_latents=200, n_pos=50, n_neg=50,
+                     scorers=("embedding", "surprisal", "intervention"), train_tokens=None, judge_latents=200,
+                     judge_examples=50,
+                     sources=dict(narrow="sae-lens:gemma-scope-9b-pt-res-canonical/layer_{layer}/width_16k/canonical",
+                                  mlp="sae-lens:gemma-scope-9b-pt-mlp-canonical/layer_{layer}/width_131k/canonical"),
+                     steer=dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14)),
     },
     # notebook 09: the SAE family (residual + MLP at n_layers adjacent layers, a twin, a narrow
     # one), trained together on train_tokens; rows for the token-list explanations of matched pairs
+    # sources: family kind ("resid", "mlp") or name ("twin", "narrow") -> an SAE to load instead of
+    # training ({layer} filled in); the full profile takes Gemma Scope's 16k SAEs, and trains only
+    # the twin (no release has two seeds) and the narrow one (no release is narrower than 16k)
     "alignment": {
+        "all": dict(sources={}),
         "smoke": dict(width=128, train_tokens=8_192, n_layers=4, agreement_rows=64),
         "demo": dict(width=1024, train_tokens=32_768, n_layers=4, agreement_rows=256),
-        "full": dict(width=16_384, train_tokens=2_000_000, n_layers=4, agreement_rows=2048),
+        "full": dict(width=16_384, train_tokens=2_000_000, n_layers=4, agreement_rows=2048,
+                     sources=dict(resid="sae-lens:gemma-scope-9b-pt-res-canonical/layer_{layer}/width_16k/canonical",
+                                  mlp="sae-lens:gemma-scope-9b-pt-mlp-canonical/layer_{layer}/width_16k/canonical")),
     },
     # notebook 07: latents, prompts per latent, prompt length cap, generated tokens, calibration
     # forwards, rows of the corpus the random SAE's prompts come from

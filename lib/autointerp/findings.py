@@ -103,15 +103,23 @@ def collect(run_dir: str | Path | RunDir) -> list[dict[str, Any]]:
     header, _ = _read(rd, "intervention")
     d = header["summary"]["trained_minus"].get("random_sae") if header else None
     out.append(_row("intervention scoring tells a trained SAE from a random one", "07", "intervention", d,
-                    _exam(header), "" if header else "run notebooks/07_intervention.ipynb"))
+                    exam_verdict(rd, "intervention"), "" if header else "run notebooks/07_intervention.ipynb"))
     return out
 
 
-def _exam(intervention_header: Mapping[str, Any] | None) -> str:
-    """The intervention scorer's own exam is the known-answer case of chapter 07."""
-    if not intervention_header or "known_answer" not in intervention_header:
+def exam_verdict(rd: RunDir, scorer: str) -> str:
+    """A scorer's own exam on this run: the planted-latent exam's verdict (chapters 03-06,
+    ``scores/<scorer>_validity.jsonl``), for intervention the known-answer case of chapter 07;
+    "not taken" when that chapter has not run."""
+    if scorer == "intervention":
+        header, _ = _read(rd, "intervention")
+        if not header or "known_answer" not in header:
+            return "not taken"
+        return f"known answer: {header['known_answer']['verdict']}"
+    path = rd.validity(scorer)
+    if not path.exists():
         return "not taken"
-    return f"known answer: {intervention_header['known_answer']['verdict']}"
+    return str(results.read(path, "validity")[0].get("verdict", "unknown"))
 
 
 def key_metrics(run_dir: str | Path | RunDir) -> dict[str, float]:
@@ -228,4 +236,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["SCHEMA", "TOLERANCE", "Drift", "collect", "key_metrics", "write", "tolerance",
-           "baseline_path", "refresh", "check", "new_metrics", "check_text", "exam_passed", "main"]
+           "baseline_path", "refresh", "check", "new_metrics", "check_text", "exam_passed", "exam_verdict", "main"]

@@ -3,12 +3,12 @@
 Residual-stream and MLP-output SAEs at adjacent layers, a twin of the run-layer residual SAE with
 another random initialisation, and a narrower one, all trained together (``saes.train_many``: one
 forward pass per batch feeds every hook) into ``<run>/layers/<name>`` and matched with
-``alignment.match``. The paper's finding: adjacent residual SAEs are highly similar, more than MLP
+``alignment.match``; any of them may come from ``sources`` instead (sae-lens releases at full scale). The paper's finding: adjacent residual SAEs are highly similar, more than MLP
 ones; across seeds and widths only part of a dictionary is shared.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from . import alignment, metrics, models, results, saes
 from .rundir import RunDir
 
-HOOKS = {"resid": "model.layers.{}", "mlp": "model.layers.{}.mlp"}
+HOOKS = {"resid": "model.layers.{}", "mlp": "model.layers.{}.mlp"}  # mlp: models.mlp_output_hook decides
 SHARED = 0.7  # matched cosine above which a latent counts as shared (Paulo & Belrose 2025)
 
 
@@ -40,26 +40,43 @@ def _layer(hook: str) -> int:
     return layer
 
 
-def specs(hook: str, n_model_layers: int, width: int, n_layers: int = 4) -> dict[str, tuple[str, int]]:
-    """name -> (hook, width): residual and MLP SAEs at ``n_layers`` adjacent layers from one below
-    the run's layer, a twin of the run-layer residual SAE and one a quarter as wide."""
+def specs(hook: str, n_model_layers: int, width: int, n_layers: int = 4, *,
+          mlp: Callable[[int], str] = HOOKS["mlp"].format) -> dict[str, tuple[str, int]]:
+    """name -> (hook, width): residual and MLP (``mlp(layer)``: its hook) SAEs at ``n_layers`` adjacent
+    layers from one below the run's layer, a twin of the run-layer residual SAE and one a quarter as wide."""
     L = _layer(hook)
     first = max(0, min(L - 1, n_model_layers - n_layers))
-    out = {f"{kind}{l}": (HOOKS[kind].format(l), width) for kind in HOOKS
+    hook_of = {"resid": HOOKS["resid"].format, "mlp": mlp}
+    out = {f"{kind}{l}": (hook_of[kind](l), width) for kind in HOOKS
            for l in range(first, first + n_layers)}
     out["twin"] = (HOOKS["resid"].format(L), width)
     out["narrow"] = (HOOKS["resid"].format(L), max(width // 4, 64))
     return out
 
 
+def source_for(name: str, sources: Mapping[str, str]) -> str | None:
+    """The spec a family SAE is loaded from (by its name, else its kind; ``{layer}`` filled), or None: train it."""
+    kind = name.rstrip("0123456789")
+    spec = sources.get(name) or (sources.get(kind) if kind in HOOKS else None)
+    return spec.format(layer=int(name[len(kind):])) if spec and name != kind else spec
+
+
 def train(rundir: RunDir, subject, tokens: np.ndarray, *, width: int, k: int, n_layers: int = 4,
-          batch_tokens: int = 512, seed: int = 0, hook: str, progress: bool = True) -> Family:
-    """Train (once) and load the family; trained SAEs are reused on rerun."""
-    sp = specs(hook, subject.n_layers, width, n_layers)
+          batch_tokens: int = 512, seed: int = 0, hook: str, sources: Mapping[str, str] | None = None,
+          progress: bool = True) -> Family:
+    """Train (once) and load the family; trained SAEs are reused on rerun, ``sources`` ones loaded."""
+    sp = specs(hook, subject.n_layers, width, n_layers, mlp=lambda l: models.mlp_output_hook(subject, l))
     root = rundir.path("layers")
-    reports = saes.train_many(subject, tokens, sp, root, k=k, batch_tokens=batch_tokens, seed=seed,
-                              progress=progress)
-    loaded = {n: saes.load(str(root / n), device=str(subject.device)) for n in sp}
+    given = {n: source_for(n, sources or {}) for n in sp}
+    todo = {n: v for n, v in sp.items() if not given[n]}
+    reports = saes.train_many(subject, tokens, todo, root, k=k, batch_tokens=batch_tokens, seed=seed,
+                              progress=progress) if todo else {}
+    loaded = {}
+    for n in sp:
+        loaded[n] = saes.load(given[n] or str(root / n), device=str(subject.device))
+        if given[n]:
+            saes.check_fits(loaded[n], subject, sp[n][0])
+            reports[n] = saes.loaded_report(loaded[n], given[n], subject, sp[n][0], tokens[-32:])
     layers = tuple(int(n.removeprefix("resid")) for n in sp if n.startswith("resid"))
     return Family(layers, loaded, {n: h for n, (h, _) in sp.items()}, reports)
 
@@ -204,5 +221,5 @@ def write(rundir: RunDir, records: Sequence[Mapping[str, Any]], **header: Any):
                          metric="matched cosine", **header)
 
 
-__all__ = ["HOOKS", "SHARED", "Family", "specs", "train", "layer_matchings", "gap_table", "kind_difference",
+__all__ = ["HOOKS", "SHARED", "Family", "specs", "source_for", "train", "layer_matchings", "gap_table", "kind_difference",
            "kind_text", "next_layer", "pair_browser", "heatmap", "distribution_figure", "token_lists", "agreement", "write"]

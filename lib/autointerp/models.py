@@ -42,6 +42,18 @@ def neuron_hook(layer: int) -> str:
     return f"model.layers.{layer}.mlp.down_proj{INPUT}"
 
 
+def mlp_output_hook(subject: "SubjectModel", layer: int) -> str:
+    """A block's MLP output as the SAE literature reads it (TransformerLens's ``hook_mlp_out``, on
+    which e.g. Gemma Scope's MLP SAEs were trained): after the post-MLP norm where the block has
+    one (Gemma 2/3), else the MLP module's own output (Llama family, SmolLM2)."""
+    post = f"model.layers.{layer}.post_feedforward_layernorm"
+    try:
+        subject.hf.get_submodule(post)
+        return post
+    except AttributeError:
+        return f"model.layers.{layer}.mlp"
+
+
 @dataclass
 class SubjectModel:
     """A causal LM, its tokenizer and its nnsight wrapper, plus where it came from."""
@@ -56,6 +68,11 @@ class SubjectModel:
     def nn(self):
         """nnsight wrapper (TransformersModel) around the same weights; built on first use."""
         if self._nn is None:
+            # nnsight gives every class a ``save`` attribute when imported; anyio's asyncio backend
+            # (which the LLM client's httpx loads lazily, on its first request) then refuses to
+            # define its typed attribute sets. Load that backend first, so a judge still works in
+            # a process that has used nnsight (chapter 08 does both).
+            import anyio._backends._asyncio  # noqa: F401
             import nnsight
 
             self._nn = nnsight.TransformersModel(self.hf, tokenizer=self.tokenizer,

@@ -281,6 +281,14 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
     return reports
 
 
+def loaded_report(sae: SAE, spec: str, subject, hook: str, held: np.ndarray, first_pos: int = 1) -> TrainReport:
+    """A ``TrainReport`` for an SAE that was loaded, not trained here: its FVU and alive share
+    measured on ``held`` rows of this run (0 training tokens, 0 seconds)."""
+    fvu, alive = evaluate(sae, subject, hook, held, first_pos)
+    return TrainReport(path=spec, d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), k=int(getattr(sae.cfg, "k", 0) or 0),
+                       hook=hook, training_tokens=0, seconds=0.0, fvu=fvu, frac_alive=alive)
+
+
 def hooked_activations(subject, hook: str, tokens: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Outputs of the hooked module for rows of tokens, [n_rows, ctx_len, d] (stops early)."""
     from .cache import hooked_output
