@@ -7,10 +7,13 @@ Cases:
   every cosine is near 0, nothing stands out);
 - structured: B holds noisy copies (cosine ~0.9) of a random 70% of A's rows plus 30% fresh rows,
   shuffled, as for two SAEs that share most latents; "recovered" is the share of the planted
-  pairs matched to their own copy, and share>0.7 should come out near 0.70.
+  pairs matched to their own copy, and share>0.7 should come out near 0.70;
+- decoders (``--decoders RUN_DIR``, after chapter 09): real SAE decoders of that run's family:
+  adjacent residual layers, adjacent MLP layers, and the run-layer SAE against its twin (another
+  seed), at the family's width.
 Ratios are sparse / dense on the same inputs in this run.
 
-    python bench/alignment.py [--sizes 4096 16384] [--big 65536 131072] [--quick]
+    python bench/alignment.py [--sizes 4096 16384] [--big 65536 131072] [--quick] [--decoders RUN_DIR]
 """
 from __future__ import annotations
 
@@ -53,11 +56,37 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+def decoders(pair: list[str]):
+    """Unit decoder rows of two saved SAEs (sae-lens folders)."""
+    from autointerp import alignment, saes
+
+    A, B = (alignment.directions(saes.load(p)).detach() for p in pair)
+    return A, B, None
+
+
+def decoder_pairs(run_dir: str) -> list[tuple[str, list[str]]]:
+    """(label, [folder A, folder B]) for the family in ``<run_dir>/layers`` (chapter 09)."""
+    from pathlib import Path
+
+    root = Path(run_dir) / "layers"
+    names = {p.name for p in root.iterdir() if (p / "sae_weights.safetensors").exists()} if root.exists() else set()
+    if not names:
+        raise SystemExit(f"--decoders {run_dir}: no trained family in {root}; run notebooks/09_alignment.ipynb first.")
+    layers = sorted(int(n.removeprefix("resid")) for n in names if n.startswith("resid"))
+    pairs = [(f"{k}{a}-{k}{a + 1}", [str(root / f"{k}{a}"), str(root / f"{k}{a + 1}")])
+             for k in ("resid", "mlp") for a in layers[1:2] if f"{k}{a + 1}" in names]
+    twin_of = next((f"resid{l}" for l in layers if f"resid{l}" in names and "twin" in names), None)
+    if twin_of:  # the twin sits at the run's layer, one above the family's first
+        pairs.append((f"{layers[1]}-twin", [str(root / f"resid{layers[1]}"), str(root / "twin")]))
+    return pairs
+
+
 def child(spec: dict) -> None:
     from autointerp import alignment
 
     torch.set_num_threads(spec["threads"])
-    A, B, partner = make(spec["case"], spec["n"], spec["d"], spec["seed"])
+    A, B, partner = (decoders(spec["pair"]) if spec["case"] == "decoders"
+                     else make(spec["case"], spec["n"], spec["d"], spec["seed"]))
     base = rss_mb()
     t0 = time.perf_counter()
     M = alignment.match(A, B, method=spec["method"], m=spec["m"], block=spec["block"],
@@ -80,7 +109,7 @@ def run(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-HEADER = (f"{'case':<10} {'n':>7} {'method':<6} {'precision':<9} {'m':>3} {'time s':>7} "
+HEADER = (f"{'case':<13} {'n':>7} {'method':<6} {'precision':<9} {'m':>3} {'time s':>7} "
           f"{'peak MB':>8} {'inputs MB':>9} {'total cost':>12} {'mean cos':>8} {'share>0.7':>9} "
           f"{'recovered':>9} {'cost ratio':>10} {'time ratio':>10}")
 
@@ -89,7 +118,7 @@ def row(spec: dict, r: dict, dense: dict | None) -> str:
     ratio = (f"{r['cost'] / dense['cost']:10.6f} {r['seconds'] / dense['seconds']:10.3f}"
              if dense and spec["method"] == "sparse" else f"{'':>10} {'':>10}")
     rec = f"{r['recovered']:9.4f}" if "recovered" in r else f"{'':>9}"
-    return (f"{spec['case']:<10} {spec['n']:>7} {spec['method']:<6} "
+    return (f"{spec.get('label', spec['case']):<13} {spec['n']:>7} {spec['method']:<6} "
             f"{spec['precision'] if spec['method'] == 'sparse' else '-':<9} {r['m'] or '-':>3} "
             f"{r['seconds']:7.1f} {r['peak_mb']:8.0f} {r['inputs_mb']:9.0f} {r['cost']:12.3f} "
             f"{r['mean_sim']:8.4f} {r['share_07']:9.4f} {rec} {ratio}")
@@ -110,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small sizes only: a smoke check")
+    ap.add_argument("--decoders", metavar="RUN_DIR", help="also match the real SAE decoders of RUN_DIR/layers")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -119,8 +149,12 @@ def main() -> None:
         args.sizes, args.big = [1024, 2048], [8192]
 
     base = {"d": args.d, "m": args.m, "block": args.block, "threads": args.threads, "seed": args.seed}
+    from autointerp.alignment import fastest_precision
+
+    torch.set_num_threads(args.threads)
     print(f"d={args.d}, m={args.m}, block={args.block}, {args.threads} torch threads, "
-          f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
+          f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}; "
+          f"precision='auto' (the default of alignment.match) picks {fastest_precision(args.d)} on this machine")
     print(HEADER)
     targets = []
     for case in args.cases:
@@ -142,6 +176,17 @@ def main() -> None:
                 print(row(spec, r, None), flush=True)
                 if n == 65536:
                     targets.append((case, precision, r))
+    for label, pair in (decoder_pairs(args.decoders) if args.decoders else []):
+        from safetensors import safe_open
+
+        with safe_open(f"{pair[0]}/sae_weights.safetensors", "pt") as f:
+            n, d = f.get_slice("W_dec").get_shape()
+        common = {**base, "case": "decoders", "label": label, "pair": pair, "n": n, "d": d}
+        dense = run({**common, "method": "dense", "precision": "float32"})
+        print(row({**common, "method": "dense", "precision": "float32"}, dense, None), flush=True)
+        for precision in args.precisions:
+            spec = {**common, "method": "sparse", "precision": precision}
+            print(row(spec, run(spec), dense), flush=True)
     for case, precision, r in targets:
         ok = r["seconds"] <= 60 and r["peak_mb"] <= 4096
         print(f"TARGET 65,536 sparse {case} {precision}: {r['seconds']:.1f} s (<= 60), "

@@ -141,6 +141,20 @@ def test_bfloat16_candidates_stay_near_the_optimum():
     np.testing.assert_allclose(fast.similarity, np.sum(A[fast.rows] * B[fast.cols], 1), atol=1e-6)
 
 
+def test_auto_precision_is_measured_and_recorded(monkeypatch):
+    """"auto" takes what this machine multiplies faster (measured once per width) and the
+    matching says which it used; a machine where bfloat16 is not faster keeps float32."""
+    choice = al.fastest_precision(64)
+    assert choice in al.PRECISIONS and al.fastest_precision(64) == choice  # memoised
+    A, B = unit(600, 64, 1), unit(600, 64, 2)
+    assert al.match(A, B, method="sparse", progress=False).precision == choice
+    monkeypatch.setitem(al._FASTEST, 64, "float32")
+    assert al.match(A, B, method="sparse", progress=False).precision == "float32"
+    assert al.match(A, B, method="sparse", precision="bfloat16", progress=False).precision == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        al.match(A, B, method="sparse", precision="fp8", progress=False)
+
+
 def hashed_embed(texts: list[str]) -> np.ndarray:
     """A deterministic embedding: a shared direction plus a random unit vector seeded by each
     text, so equal texts give cosine 1 and different ones about 0.5 (like sentence embedders,

@@ -96,7 +96,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # notebook 02: explainers (latents to explain, reply budget of the LLM explainers)
     "explain": {
         "smoke": dict(n_latents=4, max_tokens=48),
-        "demo": dict(n_latents=16, max_tokens=64),
+        "demo": dict(n_latents=12, max_tokens=64),
         "full": dict(n_latents=200, max_tokens=200),
     },
     # notebooks 03-06, shared: latents to score, test examples per latent, planted-control size
