@@ -1,6 +1,7 @@
 """A scripted, fault-injecting OpenAI-compatible chat server for tests (stdlib only).
 
-Each POST /v1/chat/completions consumes the next action of the script (then "good" forever):
+Each POST /v1/chat/completions (or /v1/completions, a plain text completion: "prompt" in, "text"
+out) consumes the next action of the script (then "good" forever):
   ("good",)                  a chat completion; logprobs served when the request asks for them
   ("good", text)             the same with a given text
   ("status", code, headers)  an error status with an OpenAI-style JSON error body
@@ -106,11 +107,15 @@ class FaultServer:
         if kind == "reject_logprobs" and req.get("logprobs"):
             return self._send(h, action[1], {"error": {"message": "logits_all is off"}})
         text = action[1] if kind == "good" and len(action) > 1 else self._echo(req)
+        if "prompt" in req:  # /v1/completions
+            return self._send(h, 200, {"id": "cmpl-fake", "object": "text_completion", "model": req.get("model"),
+                                       "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                                       "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split())}})
         self._send(h, 200, self._completion(req, text, serve_lp=kind != "no_logprobs"))
 
     @staticmethod
     def _echo(req: dict) -> str:
-        return "echo: " + req["messages"][-1]["content"]
+        return "echo: " + (req["prompt"] if "prompt" in req else req["messages"][-1]["content"])
 
     @staticmethod
     def _completion(req: dict, text: str, serve_lp: bool) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autointerp import baselines, metrics
+from autointerp import baselines, metrics, scoring
 from autointerp.metrics import NAN, LatentMetrics
 from autointerp.records import ScorerResult
 from autointerp.rundir import RunDir
@@ -97,9 +97,9 @@ def test_judges_join_only_after_passing_their_planted_exam(tmp_path):
     names, left_out = baselines.plan(rd, {**knobs, "judges_when": "always"})
     assert names[-2:] == ["detection", "fuzzing"] and not left_out
     with pytest.raises(ValueError, match="need a judge"):
-        baselines.make_scorers(["embedding", "detection"], None, None)
+        scoring.make_scorers(["embedding", "detection"], None, None)
     with pytest.raises(ValueError, match="Unknown scorer"):
-        baselines.make_scorers(["embeddings"], None, None)
+        scoring.make_scorers(["embeddings"], None, None)
 
 
 class _Reader:

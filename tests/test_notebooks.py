@@ -23,14 +23,16 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
     "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
     "07": ["scores/intervention.jsonl"],
-    "10": ["findings.json"],
+    "10": ["scores/selection.jsonl"],
+    "11": ["findings.json"],
     "09": ["scores/alignment.jsonl", "layers/resid8/cfg.json", "layers/mlp8/sae_weights.safetensors"],
     "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
 }
 
 PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
                  "08": ["00", "01", "02", "06"], "09": ["00"],
-                 "10": ["00", "01", "02", "05", "06", "07", "08", "09"]}
+                 "10": ["00", "01", "02"],
+                 "11": ["00", "01", "02", "05", "06", "07", "08", "09", "10"]}
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +143,26 @@ CHECKS = {
     "08": lambda d: check_08(d),
     "09": lambda d: check_09(d),
     "10": lambda d: check_10(d),
+    "11": lambda d: check_11(d),
 }
 
 
 def check_10(run_dir) -> None:
+    header, recs = results.read(run_dir / "scores" / "selection.jsonl", "scores")
+    assert header["verdict"] in metrics.VERDICTS and header["scorer"] == "embedding"
+    rates = header["success_rates"]
+    assert {"llm_k", "completion", "completion_k"} <= set(rates) and all(r["replies"] > 0 for r in rates.values())
+    cands = [r for r in recs if "candidate" in r]
+    latents = {r["latent"] for r in cands}
+    assert len(latents) >= 2 and all(sum(r["kept"] for r in cands if r["latent"] == j) == 1 for j in latents)
+    assert {r["source"] for r in cands} >= {"top_words", "top_tokens"}
+    assert len(header["rounds"]) == 2 and header["optimism"]["n"] == len(latents)  # smoke: 1 round
+
+
+def check_11(run_dir) -> None:
     """The regression check: this smoke run's watched numbers against the committed baseline."""
     doc = json.loads((run_dir / "findings.json").read_text())
-    assert doc["schema"] == findings.SCHEMA and len(doc["findings"]) >= 7
+    assert doc["schema"] == findings.SCHEMA and len(doc["findings"]) >= 8
     assert all(r["verdict"] in metrics.VERDICTS for r in doc["findings"])
     base = findings.baseline_path("smoke")
     assert base.exists(), f"no smoke baseline at {base}: {findings.REFRESH}"

@@ -2,7 +2,9 @@
 
 Modules are imported on first use (``import autointerp as ai; ai.cache``). The pipeline's
 stages: models, corpus, saes, cache, examples (+ neighbours), explain (+ explanations), scorers, planted,
-baselines (neurons and random controls through the same stages), alignment (latents matched across SAEs), layers (the SAE family chapter 09 matches).
+baselines (neurons and random controls through the same stages), alignment (latents matched across SAEs), layers (the SAE family chapter 09 matches),
+completion (the completion-mode explainer), selection (best-of-k and refinement by a cheap scorer), agreement
+(how far the scorers agree), findings (the claims table and its regression check).
 The shape they share:
 config (the settings table), rundir (the run-directory layout), records (what flows between
 stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
@@ -15,7 +17,8 @@ import importlib
 __version__ = "0.1.0"
 _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
-           "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings"}
+           "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings",
+           "completion", "selection", "agreement"}
 
 
 def __getattr__(name: str):

@@ -38,7 +38,7 @@ from .scorers import CHANCE, METRIC_LABELS, ScoreRun, compare, run_with_control,
 from .scorers import intervention as iv
 
 INTERVENTION = "intervention"
-JUDGES = ("detection", "fuzzing")
+JUDGES = scoring.JUDGES
 
 VARIANTS = ("sae", "narrow", "mlp", "neurons", "random_sae", "random_model")
 WHAT = {"sae": "the run's SAE", "narrow": "SAE, 1/4 of the width", "mlp": "SAE on the MLP output, same layer",
@@ -146,25 +146,6 @@ def plan(rundir: RunDir, knobs: Mapping[str, Any]) -> tuple[list[str], dict[str,
                                "so its comparisons would measure the judge's noise; pass judges_when='always' "
                                "to run it anyway, or point the chapter at a stronger judge")
     return names, left_out
-
-
-def make_scorers(names: Sequence[str], subject, decode, *, judge=None, seed: int = 0) -> dict[str, Any]:
-    """name -> Scorer for the input-side scorers in ``names`` (intervention is run by ``run_variant``);
-    the judges ask ``judge`` (``judging.open_judge``) as chapters 03 and 04 do."""
-    from . import judging
-    from .scorers import detection, embedding, fuzzing, surprisal
-
-    how = judging.judge_settings(judge) if judge is not None else {}
-    make = {"embedding": lambda: embedding.EmbeddingScorer(subject.tokenizer, progress=False),
-            "surprisal": lambda: surprisal.SurprisalScorer(subject, progress=False),
-            "detection": lambda: detection.DetectionScorer(judge.client, decode=decode, seed=seed, **how),
-            "fuzzing": lambda: fuzzing.FuzzingScorer(judge.client, decode=decode, mode="default", seed=seed, **how)}
-    unknown = sorted(set(names) - set(make) - {INTERVENTION})
-    if unknown:
-        raise ValueError(f"Unknown scorer(s) {unknown} for chapter 08; known: {sorted(make)} and {INTERVENTION!r}.")
-    if judge is None and set(names) & set(JUDGES):
-        raise ValueError(f"Scorers {sorted(set(names) & set(JUDGES))} need a judge: pass judge=judging.open_judge(run_dir).")
-    return {n: make[n]() for n in names if n != INTERVENTION}
 
 
 def variant_kwargs(knobs: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -394,5 +375,5 @@ def quantile_figure(variants: Mapping[str, VariantResult], scorer: str, *, seed:
 
 
 __all__ = ["VARIANTS", "WHAT", "CLAIMS", "INTERVENTION", "JUDGES", "VariantResult", "build_variant", "mlp_hook",
-           "candidates", "plan", "make_scorers", "variant_kwargs", "run_variant", "intervene", "values", "table", "claims", "claims_text", "write",
+           "candidates", "plan", "variant_kwargs", "run_variant", "intervene", "values", "table", "claims", "claims_text", "write",
            "figure", "browser", "quantile_figure"]

@@ -122,6 +122,16 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
         "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
     },
+    # notebook 10: best-of-k and refinement. n_latents of chapter 02's latents; k samples each of the
+    # chat and the completion explainer at T > 0 (chapter 02's explanations join as candidates);
+    # test examples per latent (split in half: selection / held-out); refinement rounds; the scorer
+    # that selects (any name scoring.make_scorers knows)
+    "selection": {
+        "all": dict(scorer="embedding", sample_temperature=0.8),
+        "smoke": dict(n_latents=3, k=2, n_pos=10, n_neg=10, rounds=1, max_tokens=48),
+        "demo": dict(n_latents=6, k=2, n_pos=20, n_neg=20, rounds=1, max_tokens=64),
+        "full": dict(n_latents=100, k=5, n_pos=50, n_neg=50, rounds=3, max_tokens=200),
+    },
     # notebook 08: every baseline re-cached on the same rows (n_tokens), n_latents per variant,
     # test examples per latent, latents firing on at most max_rate of tokens (0.2: an SAE trained on
     # a random-init model has row-level latents that fire densely), and the scorers run on each:

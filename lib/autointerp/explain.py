@@ -321,6 +321,38 @@ class TopTokensExplainer:
                                     "top_share": top[0][1] / n if top else 0.0})
 
 
+@dataclass(frozen=True)
+class TopWordsExplainer:
+    """The top tokens phrased as a reader would write them: 'the word "file"' when one token
+    carries at least ``one_word_share`` of the window maxima, else 'the words "a", "b" and "c"'
+    (the fewest top tokens that carry ``cover`` of them, at most ``n_tokens``)."""
+
+    n_tokens: int = 3
+    one_word_share: float = 0.6
+    cover: float = 0.8
+    name: str = "top_words"
+
+    @property
+    def prompt_hash(self) -> str:
+        return results.digest(dataclasses.asdict(self))
+
+    def explain(self, lex: LatentExamples, decode: Decode) -> Explanation:
+        counts = Counter(_show(t) for t in decode([e.token_ids[e.peak] for e in lex.train])).most_common()
+        n = sum(c for _, c in counts)
+        if not counts:
+            return Explanation(lex.latent, self.name, None, failed=True, error="no examples", prompt_hash=self.prompt_hash)
+        if counts[0][1] >= self.one_word_share * n:
+            words = [counts[0][0]]
+        else:
+            cum = np.cumsum([c for _, c in counts]) / n
+            words = [t for t, _ in counts[: min(self.n_tokens, int(np.searchsorted(cum, self.cover)) + 1)]]
+        quoted = [json.dumps(w, ensure_ascii=False) for w in words]
+        text = (f"the word {quoted[0]}" if len(quoted) == 1
+                else "the words " + ", ".join(quoted[:-1]) + f" and {quoted[-1]}")
+        return Explanation(lex.latent, self.name, text, prompt_hash=self.prompt_hash,
+                           details={"words": words, "n_examples": n})
+
+
 def final_norm_scale(hf) -> Any:
     """The final norm's per-dimension scale (Gemma's RMSNorm uses 1 + weight), or raise."""
     for path in ("model.norm", "transformer.ln_f", "model.final_layernorm",
@@ -391,7 +423,7 @@ def run_explainers(lexs: Sequence[LatentExamples], explainers: Sequence[Any], de
     """Explanations of every non-skipped latent by every explainer; all LLM prompts go out in one
     ``client.run`` call. Order: latent, then explainer, then sample."""
     todo = [x for x in lexs if not x.skipped]
-    llm = [e for e in explainers if isinstance(e, LLMExplainer)]
+    llm = [e for e in explainers if hasattr(e, "requests")]  # LLM explainers: chat or completion
     if llm and client is None:
         raise ValueError("LLM explainers need an LLMClient: pass client=LLMClient(endpoint, cache_dir).")
     names = [e.name for e in explainers]
@@ -406,7 +438,7 @@ def run_explainers(lexs: Sequence[LatentExamples], explainers: Sequence[Any], de
     for x, e, rs in jobs:
         by[(x.latent, e.name)] = e.parse(x, resps[i:i + len(rs)], client.endpoint.model, decode)
         i += len(rs)
-    for e in (e for e in explainers if not isinstance(e, LLMExplainer)):
+    for e in (e for e in explainers if not hasattr(e, "requests")):
         for x in todo:
             by[(x.latent, e.name)] = [e.explain(x, decode)]
     return [r for x in todo for e in explainers for r in by[(x.latent, e.name)]]

@@ -1,4 +1,4 @@
-"""The paper's claims from one run's results, ``findings.json``, and the regression check (chapter 10).
+"""The paper's claims from one run's results, ``findings.json``, and the regression check (chapter 11).
 
 ``collect`` reads what chapters 00-09 wrote and returns one row per claim and scorer: effect, 95%
 CI, latents, the scorer's planted exam, and "holds / does not hold / inconclusive". ``key_metrics``
@@ -55,6 +55,9 @@ class Drift:
                 f"tolerance +-{self.tolerance})")
 
 
+LLM_SCORERS = ("detection", "fuzzing", "simulation")  # scorers whose numbers come from an LLM's answers
+
+
 def _row(claim: str, chapter: str, scorer: str, d: Mapping[str, Any] | metrics.MeanWithCI | None,
          exam: str = "-", note: str = "") -> dict[str, Any]:
     if d is None:
@@ -100,6 +103,13 @@ def collect(run_dir: str | Path | RunDir) -> list[dict[str, Any]]:
                     header["resid_minus_mlp_gap1"] if header else None,
                     f"none needed (no judge; random floor {floor:.3f})" if header else "-",
                     note="" if header else "run notebooks/09_alignment.ipynb"))
+    from .selection import CLAIM as SELECTION_CLAIM
+
+    header, _ = _read(rd, "selection")
+    out.append(_row(SELECTION_CLAIM, "10", header["scorer"] if header else "-",
+                    header["kept_minus_random"] if header else None,
+                    exam_verdict(rd, header["scorer"]) if header else "-",
+                    "" if header else "run notebooks/10_selection.ipynb"))
     header, _ = _read(rd, "intervention")
     d = header["summary"]["trained_minus"].get("random_sae") if header else None
     out.append(_row("intervention scoring tells a trained SAE from a random one", "07", "intervention", d,
@@ -143,7 +153,13 @@ def key_metrics(run_dir: str | Path | RunDir) -> dict[str, float]:
     if header:
         out["alignment.resid_minus_mlp"] = header["resid_minus_mlp_gap1"]["mean"]
         out["alignment.random_floor"] = next(r["mean_similarity"] for r in recs if r["kind"] == "random_floor")
+    from .selection import CLAIM as SELECTION_CLAIM
+
     for r in collect(rd):
+        # Not watched: numbers made of the embedded LLM's text (its judges' answers, the sampled
+        # candidates of chapter 10), which another CPU's llama.cpp may word differently.
+        if r["scorer"] in LLM_SCORERS or r["claim"] == SELECTION_CLAIM:
+            continue
         if math.isfinite(r["effect"]):
             out[f"effect: {r['claim']} ({r['scorer']})"] = r["effect"]
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}

@@ -35,7 +35,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "scores": ("scores", "03_detection"),
     "variants": ("variants", "08_neurons"),
     "layers": ("layers", "09_alignment"),
-    "findings": ("findings.json", "10_findings"),
+    "findings": ("findings.json", "11_findings"),
     "notebooks": ("notebooks", "the runner (python -m autointerp.run)"),
 }
 

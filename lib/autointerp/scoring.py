@@ -24,6 +24,7 @@ from .rundir import RunDir
 from .scorers import CHANCE, METRIC_LABELS, Scorer, ScoreRun, write_run
 
 PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
+JUDGES = ("detection", "fuzzing")  # the LLM-judge scorers
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,26 @@ def load_inputs(run_dir: str | Path, *, explainer: str = "auto", n_latents: int 
                          f"examples (skipped: {skipped}); the shuffled control needs 2 or more.")
     return ScoringInputs({k: picked[k][1] for k in keep}, {k: picked[k][0] for k in keep},
                          {k: wins[k] for k in keep}, {k: v for k, v in skipped.items() if k not in keep})
+
+
+def make_scorers(names: Sequence[str], subject, decode, *, judge=None, seed: int = 0) -> dict[str, Any]:
+    """name -> Scorer, built as chapters 03-06 build them, for the input-side scorers in ``names``
+    ("intervention" is skipped: it steers, see ``steering``); the judges ask ``judge``
+    (``judging.open_judge``)."""
+    from . import judging
+    from .scorers import detection, embedding, fuzzing, surprisal
+
+    how = judging.judge_settings(judge) if judge is not None else {}
+    make = {"embedding": lambda: embedding.EmbeddingScorer(subject.tokenizer, progress=False),
+            "surprisal": lambda: surprisal.SurprisalScorer(subject, progress=False),
+            "detection": lambda: detection.DetectionScorer(judge.client, decode=decode, seed=seed, **how),
+            "fuzzing": lambda: fuzzing.FuzzingScorer(judge.client, decode=decode, mode="default", seed=seed, **how)}
+    unknown = sorted(set(names) - set(make) - {"intervention"})
+    if unknown:
+        raise ValueError(f"Unknown scorer(s) {unknown}; known: {sorted(make)} and 'intervention'.")
+    if judge is None and set(names) & set(JUDGES):
+        raise ValueError(f"Scorers {sorted(set(names) & set(JUDGES))} need a judge: pass judge=judging.open_judge(run_dir).")
+    return {n: make[n]() for n in names if n != "intervention"}
 
 
 def planted_control(cfg, subject, scorer: Scorer, *, n_tokens: int = 4096, n_examples: int = 10,

@@ -285,3 +285,41 @@ def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompt
     button.on_click(show)
     show()
     return w.VBox([w.HBox([pick, mult, button]), body])
+
+
+def selection_playground(sel, scorer, *, text: str = ""):
+    """Write an explanation for a latent: it joins that latent's candidates, is scored on both
+    splits and ranked among them (chapter 10). Widgets only, so it renders headless too."""
+    import ipywidgets as w
+
+    from .selection import rank_of
+
+    pick = w.Dropdown(options=sorted(sel.candidates), description="latent")
+    box = w.Text(value=text, placeholder="your explanation", description="yours",
+                 layout=w.Layout(width="70%"))
+    go = w.Button(description="score it")
+    out = w.HTML()
+
+    def table(j: int, mine: dict | None) -> str:
+        rows = [(c.source, c.text, sel.on_selection[j][i], sel.on_heldout[j][i], i == sel.kept[j])
+                for i, c in enumerate(sel.candidates[j])]
+        if mine:
+            rows.append(("yours", mine["text"], mine["selection"], mine["heldout"], False))
+        rows.sort(key=lambda r: -r[2])
+        body = "".join(f"<tr style='{'font-weight:bold' if src == 'yours' else ''}'><td>{html.escape(src)}"
+                       f"{' (kept)' if kept else ''}</td><td>{html.escape(t[:90])}</td><td>{s:.3f}</td>"
+                       f"<td>{h:.3f}</td></tr>" for src, t, s, h, kept in rows)
+        head = ("" if not mine else f"<p>Yours ranks {mine['selection_rank']} of {mine['of']} on the selection split "
+                f"and {mine['heldout_rank']} of {mine['of']} on the held-out split.</p>")
+        return (f"{head}<table><tr><th>candidate</th><th>text</th><th>selection {sel.metric}</th>"
+                f"<th>held-out {sel.metric}</th></tr>{body}</table>")
+
+    def show(_=None) -> None:
+        j = pick.value
+        mine = rank_of(sel, scorer, j, box.value.strip()) if box.value.strip() else None
+        out.value = table(j, mine)
+
+    go.on_click(show)
+    pick.observe(show, "value")
+    show()
+    return w.VBox([w.HBox([pick, go]), box, out])

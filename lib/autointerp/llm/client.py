@@ -46,6 +46,8 @@ class ChatRequest:
     top_logprobs: int = 0
     seed: int = 0
     tag: str = ""  # label for the ledger; not part of the cache key
+    completion: bool = False  # plain text completion (/v1/completions) of the one message's text
+    stop: tuple[str, ...] = ()  # stop sequences
 
     def __post_init__(self) -> None:
         msgs = tuple((str(role), str(content)) for role, content in self.messages)
@@ -53,6 +55,8 @@ class ChatRequest:
         if not msgs or bad:
             raise ValueError(f"ChatRequest needs >= 1 message with roles in {ROLES}; got roles "
                              f"{[r for r, _ in msgs]}")
+        if self.completion and len(msgs) != 1:
+            raise ValueError(f"A completion request sends one prompt: give exactly one message, got {len(msgs)}.")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be in 0..20 (OpenAI's limit), got {self.top_logprobs}")
         object.__setattr__(self, "messages", msgs)
@@ -63,6 +67,8 @@ class ChatRequest:
                    "max_tokens": self.max_tokens, "temperature": float(self.temperature),
                    "logprobs": self.logprobs, "top_logprobs": self.top_logprobs if self.logprobs else 0,
                    "seed": self.seed}
+        if self.completion or self.stop:  # absent otherwise, so older cache entries stay valid
+            payload.update(completion=self.completion, stop=list(self.stop))
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -294,30 +300,19 @@ class LLMClient:
     async def _try(self, client: openai.AsyncOpenAI, req: ChatRequest,
                    use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
         """One HTTP call; returns (text, top_logprobs, (prompt_tokens, completion_tokens))."""
-        kwargs: dict[str, Any] = dict(
-            model=self.endpoint.model, max_tokens=req.max_tokens, temperature=req.temperature,
-            seed=req.seed, messages=[{"role": r, "content": c} for r, c in req.messages])
+        kwargs: dict[str, Any] = dict(model=self.endpoint.model, max_tokens=req.max_tokens,
+                                      temperature=req.temperature, seed=req.seed)
+        if req.stop:
+            kwargs["stop"] = list(req.stop)
+        if req.completion:
+            return await self._complete(client, req.messages[0][1], kwargs)
+        kwargs["messages"] = [{"role": r, "content": c} for r, c in req.messages]
         if use_lp:
             kwargs["logprobs"] = True
             if req.top_logprobs:
                 kwargs["top_logprobs"] = req.top_logprobs
-        try:
-            raw = await asyncio.wait_for(client.chat.completions.with_raw_response.create(**kwargs),
-                                         timeout=self.timeout_s * 1.5)
-            body = raw.text
-        except (openai.APITimeoutError, asyncio.TimeoutError):
-            raise _Retry(f"timeout after {self.timeout_s:g} s (raise timeout_s for slow endpoints)")
-        except openai.APIConnectionError as err:
-            raise _Retry(f"connection error to {self.endpoint.base_url}: {err}")
-        except openai.APIStatusError as err:
-            code, msg = err.status_code, f"HTTP {err.status_code}: {str(err)[:300]}"
-            if code in (408, 409, 429) or code >= 500:
-                raise _Retry(msg, code, _retry_after_s(getattr(err.response, "headers", None)))
-            if code in (401, 403):
-                msg += f" (check the API key in ${self.endpoint.api_key_env})"
-            elif code == 404:
-                msg += f" (check base_url {self.endpoint.base_url!r} and model {self.endpoint.model!r})"
-            raise _Fatal(msg, code)
+        body = await self._post(lambda: client.chat.completions.with_raw_response.create(**kwargs),
+                                f"check base_url {self.endpoint.base_url!r} and model {self.endpoint.model!r}")
         try:
             data = json.loads(body)
             choice = data["choices"][0]
@@ -340,6 +335,41 @@ class LLMClient:
             except (KeyError, TypeError, ValueError):
                 raise _Retry(f"malformed logprobs in response: {str(content)[:200]!r}")
         return text, top, counts
+
+    async def _post(self, send, not_found: str) -> str:
+        """The body of one HTTP call (``send()``: the openai coroutine), its failures sorted into
+        retryable (timeouts, connection errors, 408/409/429/5xx) and fatal ones, with a hint."""
+        try:
+            raw = await asyncio.wait_for(send(), timeout=self.timeout_s * 1.5)
+            return raw.text
+        except (openai.APITimeoutError, asyncio.TimeoutError):
+            raise _Retry(f"timeout after {self.timeout_s:g} s (raise timeout_s for slow endpoints)")
+        except openai.APIConnectionError as err:
+            raise _Retry(f"connection error to {self.endpoint.base_url}: {err}")
+        except openai.APIStatusError as err:
+            code, msg = err.status_code, f"HTTP {err.status_code}: {str(err)[:300]}"
+            if code in (408, 409, 429) or code >= 500:
+                raise _Retry(msg, code, _retry_after_s(getattr(err.response, "headers", None)))
+            if code in (401, 403):
+                msg += f" (check the API key in ${self.endpoint.api_key_env})"
+            elif code == 404:
+                msg += f" ({not_found})"
+            raise _Fatal(msg, code)
+
+    async def _complete(self, client: openai.AsyncOpenAI, prompt: str,
+                        kwargs: dict[str, Any]) -> tuple[str, None, tuple[int, int]]:
+        """One plain completion (no chat template: small and base models continue text best)."""
+        body = await self._post(lambda: client.completions.with_raw_response.create(prompt=prompt, **kwargs),
+                                "this endpoint may serve no /v1/completions: use the chat explainer")
+        try:
+            data = json.loads(body)
+            text = data["choices"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Retry(f"malformed response (not a text completion with choices): {body[:200]!r}")
+        if not isinstance(text, str):
+            raise _Fatal("the endpoint returned no text for a completion")
+        usage = data.get("usage") or {}
+        return text, None, (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
     # -- many requests -----------------------------------------------------------------------
     def run(self, reqs: Sequence[ChatRequest], desc: str = "LLM") -> list[ChatResponse]:
