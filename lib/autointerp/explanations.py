@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import results
-from .explain import FAILURES, LLMExplainer, TopTokensExplainer
+from .explain import FAILURES, LogitLensExplainer
 from .llm import Endpoint, safe_url
 from .records import Explanation, explanations_from
 from .rundir import RunDir
@@ -21,8 +21,8 @@ from .rundir import RunDir
 
 def describe(explainer: Any) -> dict[str, Any]:
     """Name, type, prompt hash and settings of an explainer (no weights)."""
-    settings = (dataclasses.asdict(explainer) if isinstance(explainer, (LLMExplainer, TopTokensExplainer))
-                else {"k": explainer.k, "final_norm": explainer.norm_scale is not None})
+    settings = ({"k": explainer.k, "final_norm": explainer.norm_scale is not None}  # it holds the unembedding
+                if isinstance(explainer, LogitLensExplainer) else dataclasses.asdict(explainer))
     return {"name": explainer.name, "type": type(explainer).__name__,
             "prompt_hash": explainer.prompt_hash, "settings": settings}
 

@@ -4,7 +4,7 @@ one scorer run with its shuffled-explanation control, the planted-latent validit
 run's model / hook / corpus, figures, and ``scores/<scorer>.jsonl`` with a provenance header.
 
 Which explanation is scored (``explainer="auto"``): per latent, the first *successful* sample-0
-explanation among ``PREFERENCE`` (the plain LLM, then the contrastive LLM, then top tokens); the
+explanation among ``PREFERENCE`` (the plain LLM, the contrastive LLM, the completion-mode LLM, top tokens); the
 chosen explainer is recorded per latent in the inputs and in every result record.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .records import Explanation, LatentExamples, Window
 from .rundir import RunDir
 from .scorers import CHANCE, METRIC_LABELS, Scorer, ScoreRun, write_run
 
-PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "top_tokens")
+PREFERENCE: tuple[str, ...] = ("llm", "contrastive", "completion", "top_tokens")
 JUDGES = ("detection", "fuzzing")  # the LLM-judge scorers
 
 
