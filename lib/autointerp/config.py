@@ -96,7 +96,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # notebook 02: explainers (latents to explain, reply budget of the LLM explainers)
     "explain": {
         "smoke": dict(n_latents=4, max_tokens=48),
-        "demo": dict(n_latents=12, max_tokens=64),
+        "demo": dict(n_latents=10, max_tokens=64),
         "full": dict(n_latents=200, max_tokens=200),
     },
     # notebooks 03-06, shared: latents to score, test examples per latent, planted-control size
@@ -115,11 +115,11 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # model), ~1.5-3 s each on 2 cores: the demo keeps the 5 latents a claim needs
     # (metrics.MIN_LATENTS_FOR_CLAIM) and few excerpts; a real endpoint with the full profile uses
     # the reference's sizes. n_trials: intruder trials per latent (chapter 03).
-    "detection": {p: {**_JUDGE[p], "n_trials": n} for p, n in (("smoke", 1), ("demo", 2), ("full", 10))},
+    "detection": {p: {**_JUDGE[p], "n_trials": n} for p, n in (("smoke", 1), ("demo", 1), ("full", 10))},
     "fuzzing": _JUDGE,
     "simulation": {
         "smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
-        "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
+        "demo": dict(n_latents=3, n_pos=1, n_neg=1, planted_latents=3, planted_examples=1),
         "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
     },
     # notebook 10: best-of-k and refinement. n_latents of chapter 02's latents; k samples each of the
@@ -178,7 +178,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32,
                       known_words=3),
         "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96,
-                     known_words=6),
+                     known_words=4),
         "full": dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14,
                      random_rows=2048, known_words=12),
     },
