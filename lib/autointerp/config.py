@@ -119,7 +119,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "fuzzing": _JUDGE,
     "simulation": {
         "smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
-        "demo": dict(n_latents=3, n_pos=1, n_neg=1, planted_latents=3, planted_examples=1),
+        "demo": dict(n_latents=5, n_pos=1, n_neg=1, planted_latents=5, planted_examples=1),
         "full": dict(n_latents=100, n_pos=10, n_neg=10, planted_latents=8, planted_examples=10),
     },
     # notebook 10: best-of-k and refinement. n_latents of chapter 02's latents; k samples each of the
@@ -178,7 +178,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8, random_rows=32,
                       known_words=3),
         "demo": dict(n_latents=6, n_prompts=6, max_len=48, gen_tokens=8, calibration_steps=14, random_rows=96,
-                     known_words=4),
+                     known_words=6),
         "full": dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14,
                      random_rows=2048, known_words=12),
     },
