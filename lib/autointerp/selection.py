@@ -99,8 +99,8 @@ def success_rates(records: Sequence[Explanation]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def score_all(scorer, cands: Mapping[int, Sequence[Candidate]], windows: Mapping[int, Sequence[Window]],
-              metric: str = "auroc") -> dict[int, list[Any]]:
+def score_all(scorer, cands: Mapping[int, Sequence[Candidate]],
+              windows: Mapping[int, Sequence[Window]]) -> dict[int, list[Any]]:
     """latent -> one ``ScorerResult`` per candidate (in order), from ``scorer`` on ``windows``: one
     scorer call per candidate rank, every latent that has a candidate at that rank in it."""
     out: dict[int, list[Any]] = {j: [] for j in cands}
@@ -150,8 +150,8 @@ def best_of_k(scorer, cands: Mapping[int, Sequence[Candidate]], sp: Split, *, me
     use = {j: list(v) for j, v in cands.items() if len(v) >= 2 and j in sp.selection}
     if len(use) < 2:
         raise ValueError(f"Only {len(use)} latent(s) have 2+ candidates and a split: nothing to select.")
-    on_sel = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.selection, metric).items()}
-    on_held = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.heldout, metric).items()}
+    on_sel = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.selection).items()}
+    on_held = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.heldout).items()}
     kept = {j: int(np.nanargmax(np.where(np.isnan(v), -np.inf, v))) for j, v in on_sel.items()}
     rng = np.random.default_rng(seed)
     rand = {j: int(rng.integers(len(use[j]))) for j in sorted(use)}
