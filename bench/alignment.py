@@ -75,8 +75,7 @@ def decoder_pairs(run_dir: str) -> list[tuple[str, list[str]]]:
     layers = sorted(int(n.removeprefix("resid")) for n in names if n.startswith("resid"))
     pairs = [(f"{k}{a}-{k}{a + 1}", [str(root / f"{k}{a}"), str(root / f"{k}{a + 1}")])
              for k in ("resid", "mlp") for a in layers[1:2] if f"{k}{a + 1}" in names]
-    twin_of = next((f"resid{l}" for l in layers if f"resid{l}" in names and "twin" in names), None)
-    if twin_of:  # the twin sits at the run's layer, one above the family's first
+    if "twin" in names and len(layers) > 1:  # the twin sits at the run's layer, one above the family's first
         pairs.append((f"{layers[1]}-twin", [str(root / f"resid{layers[1]}"), str(root / "twin")]))
     return pairs
 

@@ -127,6 +127,7 @@ class Selection:
     metric: str
     scorer: str
     split: Split
+    results_on_selection: dict[int, list[Any]]  # the ScorerResults behind on_selection (refine reads their examples)
 
     def kept_minus_random(self, *, seed: int = 0) -> metrics.PairedComparison:
         """Held-out score of the kept candidate minus that of the random one, paired over latents."""
@@ -150,12 +151,14 @@ def best_of_k(scorer, cands: Mapping[int, Sequence[Candidate]], sp: Split, *, me
     use = {j: list(v) for j, v in cands.items() if len(v) >= 2 and j in sp.selection}
     if len(use) < 2:
         raise ValueError(f"Only {len(use)} latent(s) have 2+ candidates and a split: nothing to select.")
-    on_sel = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.selection).items()}
+    res_sel = score_all(scorer, use, sp.selection)
+    on_sel = {j: [_value(r, metric) for r in rs] for j, rs in res_sel.items()}
     on_held = {j: [_value(r, metric) for r in rs] for j, rs in score_all(scorer, use, sp.heldout).items()}
     kept = {j: int(np.nanargmax(np.where(np.isnan(v), -np.inf, v))) for j, v in on_sel.items()}
     rng = np.random.default_rng(seed)
     rand = {j: int(rng.integers(len(use[j]))) for j in sorted(use)}
-    return Selection(use, on_sel, on_held, kept, rand, metric, getattr(scorer, "name", type(scorer).__name__), sp)
+    return Selection(use, on_sel, on_held, kept, rand, metric, getattr(scorer, "name", type(scorer).__name__), sp,
+                     res_sel)
 
 
 def rank_of(sel: Selection, scorer, latent: int, text: str) -> dict[str, Any]:
@@ -253,9 +256,8 @@ def refine(sel: Selection, sp: Split, lexs: Mapping[int, LatentExamples], explai
     """``rounds`` revisions of each latent's kept explanation (see module docstring); each round
     asks once per latent, in one batch, and scores the new texts on both splits."""
     texts = [{j: sel.kept_text(j) for j in sel.kept}]
-    first_sel = score_all(scorer, {j: [Candidate(j, "kept", t)] for j, t in texts[0].items()}, sp.selection)
-    results_sel = {j: rs[0] for j, rs in first_sel.items()}
-    on_sel = [{j: _value(r, sel.metric) for j, r in results_sel.items()}]
+    results_sel = {j: sel.results_on_selection[j][k] for j, k in sel.kept.items()}  # round 0: already scored
+    on_sel = [{j: sel.on_selection[j][k] for j, k in sel.kept.items()}]
     on_held = [{j: sel.on_heldout[j][sel.kept[j]] for j in sel.kept}]
     failed: list[dict[int, str]] = [{}]
     for _ in range(rounds):
