@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench lab clean-runs
+.PHONY: setup browser demo test bench lab clean-runs
 
 setup: $(STAMP)
 
@@ -25,7 +25,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) -m autointerp.run --profile demo $(ARGS)
 
-test: setup
+# The browser test drives Debian's chromium (playwright is told to use it; nothing is downloaded).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	  else echo "No chromium and no apt-get: install Chromium yourself for the browser test."; fi; }
+
+test: setup browser
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup

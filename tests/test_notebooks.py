@@ -25,6 +25,7 @@ EXPECTED = {  # files a chapter must leave in the run directory
     "07": ["scores/intervention.jsonl"],
     "10": ["scores/selection.jsonl"],
     "11": ["findings.json"],
+    "12": ["report.html", "export/features.jsonl"],
     "09": ["scores/alignment.jsonl", "layers/resid8/cfg.json", "layers/mlp8/sae_weights.safetensors"],
     "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
 }
@@ -32,7 +33,8 @@ EXPECTED = {  # files a chapter must leave in the run directory
 PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
                  "08": ["00", "01", "02", "06"], "09": ["00"],
                  "10": ["00", "01", "02"],
-                 "11": ["00", "01", "02", "05", "06", "07", "08", "09", "10"]}
+                 "11": ["00", "01", "02", "05", "06", "07", "08", "09", "10"],
+                 "12": ["00", "01", "02", "06"]}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,20 @@ def check_01(run_dir) -> None:
     assert s["n_latents"] == cfg["sae_width"]
 
 
+def check_01_offline(run_dir) -> None:
+    """Static life: chapter 01 exported with nbconvert and opened offline draws its plotly figure
+    and shows the latent browser as it last was (the runner keeps each view's snapshot)."""
+    import browser
+
+    browser.chromium()
+    html = browser.export_html(run_dir / "notebooks" / "01_caching.ipynb", run_dir / "browser" / "01_caching.html")
+    with browser.page() as pg:
+        pg.goto(html.as_uri())
+        pg.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
+        assert pg.locator(".ai-static:has-text('fires on')").count() >= 1  # the latent browser's snapshot
+        assert not [e for e in pg.errors if e.startswith("page error")], pg.errors
+
+
 def check_02(run_dir) -> None:
     _, lexs = results.read(run_dir / "examples.jsonl", "examples")
     ok = [x for x in lexs if not x["skipped_reason"]]
@@ -134,7 +150,7 @@ def check_scores(run_dir, names: list[str]) -> None:
 
 
 CHECKS = {
-    "00": check_00, "01": check_01, "02": check_02,
+    "00": check_00, "01": lambda d: (check_01(d), check_01_offline(d)), "02": check_02,
     "03": lambda d: check_scores(d, ["detection", "intruder", "intruder_embedding"]),
     "04": lambda d: check_scores(d, ["fuzzing", "fuzzing_active", "simulation"]),
     "05": lambda d: check_scores(d, ["surprisal"]),
@@ -144,6 +160,7 @@ CHECKS = {
     "09": lambda d: check_09(d),
     "10": lambda d: check_10(d),
     "11": lambda d: check_11(d),
+    "12": lambda d: check_12(d),
 }
 
 
@@ -214,3 +231,95 @@ def check_07(run_dir) -> None:
     known = header["known_answer"]  # planted one-word directions: the path must find every word
     assert known["hits"] == len(known["words"]) >= 2 and known["verdict"] in metrics.VERDICTS
     assert {r["condition"] for r in recs} >= {"known_raised", "known_true", "known_shuffled"}
+
+
+def check_12(run_dir) -> None:
+    """The lab: the export reads back as the lab's own records; the executed chapter keeps each
+    view's snapshot (no dead widget references) and its HTML export draws them offline; the report
+    opens in headless Chromium with no console errors and draws a latent's page."""
+    from autointerp import export, lab
+
+    import browser
+
+    the_lab = lab.open(run_dir)
+    header, back = export.load(run_dir / "export" / "features.jsonl")
+    assert [f.latent for f in back] == the_lab.latents() and header["d_sae"] == the_lab.reader.d_sae
+    for f in back:
+        live = the_lab.feature(f.latent)
+        assert f.count == live.count and f.hist_counts == live.hist_counts and f.neighbours == live.neighbours
+        assert [w.token_ids for w in f.examples] == [w.token_ids for w in live.examples]
+        assert sorted((s.scorer, s.value) for s in f.scores) == sorted((s.scorer, s.value) for s in live.scores)
+        assert [x.text for x in f.explanations] == [x.text for x in live.explanations]
+    assert any(s.control is not None for f in back for s in f.scores), "no score with its control"
+
+    executed = nbformat.read(run_dir / "notebooks" / "12_lab.ipynb", as_version=4)
+    outs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    snaps = [o for o in outs if "ai-static" in str(o.get("data", {}).get("text/html", ""))]
+    assert len(snaps) >= 2 and not any(run.WIDGET_VIEW in o.get("data", {}) for o in snaps)
+    assert "widgets" not in executed.metadata
+    exported = browser.export_html(run_dir / "notebooks" / "12_lab.ipynb", run_dir / "browser" / "12_lab.html")
+    with browser.page() as pg:
+        pg.goto(exported.as_uri())
+        pg.wait_for_selector(".ai-static .js-plotly-plot .main-svg", timeout=30000)  # drawn offline
+        assert pg.locator(".ai-static .ai-examples div").count() >= 2 and pg.locator(".ai-steering").count()
+        assert not [e for e in pg.errors if e.startswith("page error")], pg.errors
+
+    with browser.page() as pg:
+        pg.goto((run_dir / "report.html").as_uri())
+        j = the_lab.latents()[0]
+        pg.click(f"a[href='#latent-{j}']")
+        pg.wait_for_selector(f"#latent-{j} .js-plotly-plot .main-svg", timeout=30000)
+        assert pg.locator(f"#latent-{j} .ai-examples div").count() >= 2
+        assert pg.locator("section.latent.shown").count() == 1
+        assert not pg.errors, pg.errors  # no console errors, no failed (network) requests
+
+
+# the errors JupyterLab's own plotly renderer logs when an Output widget replaces a figure it drew
+KNOWN_LAB_NOISE = ("Resize must be passed a displayed plot div element",)
+
+
+@pytest.mark.notebooks
+def test_dashboard_in_a_real_browser(run_dir):
+    """JupyterLab on 127.0.0.1 with a token, chapter 12 run cell by cell in headless Chromium: the
+    dashboard draws its figure and examples, a new latent id changes them, and a screenshot is
+    saved in the run directory."""
+    import papermill as pm
+
+    import browser
+
+    browser.chromium()
+    for need in PREREQUISITES["12"]:
+        if not all((run_dir / rel).exists() for rel in EXPECTED[need]):
+            run.run("smoke", run_dir, only=[need], cell_timeout_s=600)
+    work = run_dir / "browser"
+    work.mkdir(exist_ok=True)
+    pm.execute_notebook(str(run.notebooks(["12"])[0]), str(work / "12_lab.ipynb"), prepare_only=True,
+                        parameters={"profile": "smoke", "run_dir": str(run_dir)})
+    from autointerp import lab
+
+    latents = lab.open(run_dir).latents()
+    with browser.jupyterlab(work, work / "jupyter") as (url, token), browser.page() as pg:
+        pg.goto(f"{url}/lab/tree/12_lab.ipynb?token={token}")
+        pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90000)
+        pg.wait_for_timeout(3000)  # the kernel starts
+        pg.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        pg.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        pg.wait_for_selector(".jp-OutputArea-output:has-text('Report:')", timeout=300000)  # the last cell printed
+        dash = ".ai-dashboard"
+        pg.wait_for_selector(f"{dash} .js-plotly-plot .main-svg", timeout=60000)
+        before = pg.locator(f"{dash} .ai-examples")
+        j0, text0 = int(before.get_attribute("data-latent")), before.inner_text()
+        assert j0 in latents and pg.locator(f"{dash} .ai-examples div").count() >= 2
+        j1 = next(j for j in latents if j != j0)
+        box = pg.locator(f"{dash} .ai-latent-id input")
+        box.fill(str(j1))
+        box.press("Enter")
+        pg.wait_for_selector(f"{dash} .ai-examples[data-latent='{j1}']", timeout=60000)
+        pg.wait_for_selector(f"{dash} .js-plotly-plot .main-svg", timeout=60000)
+        assert pg.locator(f"{dash} .ai-examples").inner_text() != text0
+        shot = run_dir / "screenshots" / "dashboard.png"
+        shot.parent.mkdir(exist_ok=True)
+        pg.locator(dash).screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        errors = [e for e in pg.errors if e.startswith("page error") and not any(k in e for k in KNOWN_LAB_NOISE)]
+        assert not errors, errors

@@ -341,7 +341,7 @@ def browser(rundir: RunDir, names: Sequence[str], decode):
     widgets only, no Output capture, so it renders headless too)."""
     import ipywidgets as w
 
-    from .widgets import explanation_browser
+    from .widgets import explanation_browser, view
 
     def inner(name: str):
         vdir = rundir.variant(name)
@@ -349,7 +349,7 @@ def browser(rundir: RunDir, names: Sequence[str], decode):
         return explanation_browser(lexs, explanations.load_records(vdir.root)[1], decode)
 
     pick = w.Dropdown(options=[n for n in names if rundir.variant(n).examples.exists()], description="variant")
-    box = w.VBox([pick, inner(pick.value)])
+    box = view([pick, inner(pick.value)])
     pick.observe(lambda _: setattr(box, "children", (pick, inner(pick.value))), "value")
     return box
 

@@ -56,9 +56,10 @@ def open(section: str, profile: str, run_dir: str | Path | None = None, *, seed:
     ``run_dir`` (None: ``data/runs/<profile>``), its seed (None: the run's), the subject model,
     and on request the SAE (``sae=True``), the cache reader (``cache=True``) and, for a scoring
     section, the scorer inputs (``explainer``: "auto" or an explainer name)."""
-    from . import examples, models, saes
+    from . import examples, models, saes, widgets
     from .paths import data_dir
 
+    widgets.plotly_offline()  # figures carry plotly.js: an exported chapter draws them offline
     run_dir = Path(run_dir) if run_dir else data_dir() / "runs" / profile
     cfg = config.load(run_dir)
     settings = config.settings(section, profile, **knobs)

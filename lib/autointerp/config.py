@@ -132,6 +132,14 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "demo": dict(n_latents=6, k=2, n_pos=20, n_neg=20, rounds=1, max_tokens=64),
         "full": dict(n_latents=100, k=5, n_pos=50, n_neg=50, rounds=3, max_tokens=200),
     },
+    # notebook 12 (the lab): examples per quantile on a feature page, steering prompts and sampled
+    # tokens (the report and the export cover the latents the run explained or scored)
+    "lab": {
+        "all": dict(per_quantile=2, target_kl=0.5),
+        "smoke": dict(n_prompts=2, gen_tokens=4),
+        "demo": dict(n_prompts=3, gen_tokens=8),
+        "full": dict(n_prompts=5, gen_tokens=12),
+    },
     # notebook 08: every baseline re-cached on the same rows (n_tokens), n_latents per variant,
     # test examples per latent, latents firing on at most max_rate of tokens (0.2: an SAE trained on
     # a random-init model has row-level latents that fire densely), and the scorers run on each:

@@ -239,6 +239,14 @@ def _make(reader, latent: int, flat: np.ndarray, vals: np.ndarray, rows: np.ndar
     return tuple(out)
 
 
+def windows_at(reader, table: WindowTable, ranks: Sequence[int], quantiles: np.ndarray) -> tuple[Window, ...]:
+    """The windows of ``table`` at these ranks, with their activations and quantile bins."""
+    ranks = np.asarray(ranks, np.int64)
+    flat, vals = reader.latent(table.latent)
+    return _make(reader, table.latent, flat, vals, table.row[ranks], table.start[ranks],
+                 table.length[ranks], "activating", [int(quantiles[r]) for r in ranks])
+
+
 def split_train_test(n_windows: int, settings: ExampleSettings,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of the explanation set and of a disjoint test set (per quantile bin)."""

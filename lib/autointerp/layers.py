@@ -135,6 +135,8 @@ def pair_browser(subject, fam: Family, a: str, b: str, m: alignment.Matching, ro
 
     import ipywidgets as w
 
+    from .widgets import view
+
     ta = token_lists(subject, fam.saes[a], fam.hooks[a], rows, n=8)
     tb = token_lists(subject, fam.saes[b], fam.hooks[b], rows, n=8)
     order = [int(i) for i in np.argsort(-m.similarity) if m.rows[i] in ta and m.cols[i] in tb]
@@ -149,7 +151,7 @@ def pair_browser(subject, fam: Family, a: str, b: str, m: alignment.Matching, ro
 
     pick.observe(show, "value")
     show()
-    return w.VBox([pick, out])
+    return view([pick, out])
 
 
 def heatmap(by_kind: Mapping[str, Mapping[tuple[int, int], alignment.Matching]], layers: Sequence[int]):

@@ -5,7 +5,8 @@ Line 1 is ``{"header": {"schema": "autointerp.<kind>/<version>", "kind": ..., "s
 dict, written as plain JSON; NaN and inf as null). ``write`` is atomic (temporary file, then
 rename); ``read`` checks the schema; ``frame`` loads any results file into pandas in one call.
 Kinds: ``scores`` (one record per latent and condition), ``validity`` (a planted-latent exam, one
-record per planted latent), ``examples`` (one per latent), ``explanations`` (one per latent).
+record per planted latent), ``examples`` (one per latent), ``explanations`` (one per latent),
+``features`` (the Neuronpedia-style export, one per latent).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMAS: dict[str, int] = {"scores": 1, "validity": 1, "examples": 1, "explanations": 1}
+SCHEMAS: dict[str, int] = {"scores": 1, "validity": 1, "examples": 1, "explanations": 1, "features": 1}
 PREFIX = "autointerp."
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,30 @@ def _parse_param(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+RECORDING = "AUTOINTERP_RECORDING"  # set for the kernels the runner starts: no live frontend watches
+
+
+def keep_snapshots(path: Path) -> int:
+    """An executed notebook is a record, its kernel gone: where a view also carries an HTML snapshot
+    of its state (``widgets.view``), keep the snapshot and drop the dead widget reference, and drop
+    the saved widget state (drawing it needs a CDN). JupyterLab and an HTML export then both show
+    each view as it last was. Returns how many outputs changed."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data and "text/html" in data:
+                del data[WIDGET_VIEW]
+                changed += 1
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, path)
+    return changed
+
+
 CELL_TIMEOUT_S = 1800  # a cell that runs longer has hung (a full-profile cell may need more: --cell-timeout)
 
 
@@ -47,17 +72,31 @@ def run(profile: str, run_dir: Path, only: list[str] | None = None,
     import papermill as pm
 
     cfg = resolve(profile, run_dir)  # validates the profile before anything runs
+    # for the kernels it starts (they inherit the environment; restored afterwards): figures carry
+    # plotly.js inline, so offline exports draw them, and views driven from code refresh their
+    # snapshot in the executed notebook (``labview``)
+    kernel_env = {"PLOTLY_RENDERER": os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook"), RECORDING: "1"}
+    saved = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
     out_dir = cfg.path.notebooks_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    for nb in notebooks(only):
-        t0 = time.perf_counter()
-        print(f"[autointerp] {nb.name} ...", flush=True)
-        pm.execute_notebook(
-            str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
-            execution_timeout=cell_timeout_s,
-            parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
-        )
-        print(f"[autointerp] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    try:
+        for nb in notebooks(only):
+            t0 = time.perf_counter()
+            print(f"[autointerp] {nb.name} ...", flush=True)
+            pm.execute_notebook(
+                str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
+                execution_timeout=cell_timeout_s,
+                parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
+            )
+            keep_snapshots(out_dir / nb.name)
+            print(f"[autointerp] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     print(f"[autointerp] run directory: {cfg.run_dir}")
     return Path(cfg.run_dir)
 

@@ -12,7 +12,9 @@
       scores/<name>_validity.jsonl  its planted-latent exam (03-06)
       variants/<name>/              a baseline through the same pipeline, this layout again (08)
       layers/<name>/                SAEs at adjacent layers, a twin and a narrow one, sae-lens format (09)
-      findings.json                 the paper's claims from this run, and its watched numbers (10)
+      findings.json                 the paper's claims from this run, and its watched numbers (11)
+      export/features.jsonl         the Neuronpedia-style feature export (12)
+      report.html                   the run as one self-contained HTML file (12, python -m autointerp.report)
       notebooks/                    the executed chapters (the runner)
 
 ``RunDir.require(name)`` returns an input's path, or raises "run chapter NN first".
@@ -36,6 +38,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "variants": ("variants", "08_neurons"),
     "layers": ("layers", "09_alignment"),
     "findings": ("findings.json", "11_findings"),
+    "export": ("export", "12_lab"),
+    "report": ("report.html", "12_lab"),
     "notebooks": ("notebooks", "the runner (python -m autointerp.run)"),
 }
 

@@ -52,7 +52,7 @@ def corpus_browser(tokens: np.ndarray, tokenizer):
 
     row.observe(show, names="value")
     show()
-    return w.VBox([row, out])
+    return view([row, out])
 
 
 def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
@@ -92,7 +92,7 @@ def latent_browser(reader, tokenizer, n_windows: int = 8, width: int = 32):
     pick.observe(lambda ch: (typed.__setattr__("value", ch["new"])), names="value")
     typed.observe(lambda ch: show(int(ch["new"])), names="value")
     show(int(typed.value))
-    return w.VBox([w.HBox([pick, typed]), out])
+    return view([w.HBox([pick, typed]), out])
 
 
 def quantile_figure(table, lex=None, n_quantiles: int = 10, title: str | None = None):
@@ -175,7 +175,7 @@ def explanation_browser(latent_examples, explanations, decode, n_show: int = 8):
 
     pick.observe(show, names="value")
     show()
-    return w.VBox([pick, body])
+    return view([pick, body])
 
 
 def scored_examples_html(examples, texts, scores, auroc: float, title: str = "") -> str:
@@ -242,7 +242,7 @@ def score_playground(examples, explanations, score_fn, *, tokenizer, live: bool 
     text.observe(on_text, names="value")
     button.on_click(show)
     reset()
-    return w.VBox([pick, w.HBox([text, button]), body])
+    return view([pick, w.HBox([text, button]), body])
 
 
 def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompts: int = 3,
@@ -284,7 +284,7 @@ def steering_playground(subject, sae, hook: str, calibrated, reader, *, n_prompt
 
     button.on_click(show)
     show()
-    return w.VBox([w.HBox([pick, mult, button]), body])
+    return view([w.HBox([pick, mult, button]), body])
 
 
 def selection_playground(sel, scorer, *, text: str = ""):
@@ -322,4 +322,115 @@ def selection_playground(sel, scorer, *, text: str = ""):
     go.on_click(show)
     pick.observe(show, "value")
     show()
-    return w.VBox([w.HBox([pick, go]), box, out])
+    return view([w.HBox([pick, go]), box, out])
+
+
+# -- static life: every view also carries an HTML snapshot of its current state ----------------
+_PLOTLY_JS_SENT = [False]
+
+
+def plotly_offline() -> None:
+    """Figures carry their plotly.js inline (no CDN): JupyterLab draws the plotly mimetype, and
+    an executed notebook exported to HTML draws the same figure offline."""
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype+notebook"
+
+
+def plotly_js_once() -> str:
+    """A <script> with plotly.js the first time a kernel asks, then "" (snapshots share it)."""
+    if _PLOTLY_JS_SENT[0]:
+        return ""
+    from plotly.offline import get_plotlyjs
+
+    _PLOTLY_JS_SENT[0] = True
+    return f'<script type="text/javascript">{get_plotlyjs()}</script>'
+
+
+def _output_html(output: dict) -> str:
+    data = output.get("data", {})
+    if "application/vnd.plotly.v1+json" in data:
+        import plotly.io as pio
+
+        return pio.to_html(data["application/vnd.plotly.v1+json"], full_html=False, include_plotlyjs=False)
+    if "text/html" in data:
+        return data["text/html"]
+    if output.get("output_type") == "stream":
+        return f"<pre>{html.escape(output.get('text', ''))}</pre>"
+    return f"<pre>{html.escape(str(data.get('text/plain', '')))}</pre>"
+
+
+def static_html(widget) -> str:
+    """The widget tree as plain HTML showing its current state: HTML widgets as they are, controls
+    as "description: value", Output widgets' figures drawn with plotly.js, buttons left out."""
+    import ipywidgets as w
+
+    if isinstance(widget, (w.HTML, w.HTMLMath)):
+        return widget.value
+    if isinstance(widget, w.Label):
+        return html.escape(widget.value)
+    if isinstance(widget, w.Button):
+        return ""
+    if isinstance(widget, w.Output):
+        return "".join(_output_html(o) for o in widget.outputs)
+    if isinstance(widget, (w.Accordion, w.Tab)):
+        return "".join(f"<div><b>{html.escape(widget.get_title(i) or '')}</b>{static_html(c)}</div>"
+                       for i, c in enumerate(widget.children))
+    if isinstance(widget, w.Box):
+        row = isinstance(widget, w.HBox)
+        style = "display:flex;gap:12px;flex-wrap:wrap;align-items:baseline" if row else ""
+        return f"<div style='{style}'>" + "".join(static_html(c) for c in widget.children) + "</div>"
+    if isinstance(widget, w.ValueWidget):
+        value = getattr(widget, "label", None) if isinstance(widget, (w.Dropdown, w.Select)) else widget.value
+        if value in (None, ""):
+            return ""
+        desc = html.escape(getattr(widget, "description", "") or "")
+        return f"<span><b>{desc}</b> {html.escape(str(value))}</span>"
+    return ""
+
+
+_VIEW: list = []
+
+
+def view(children, *, classes: Sequence[str] = ()):
+    """A VBox that also carries ``static_html`` of itself as text/html: a live JupyterLab draws the
+    widget; an executed notebook (``autointerp.run`` keeps the snapshot) and its HTML export show
+    the state it had when its cell last updated it."""
+    if not _VIEW:
+        import ipywidgets as w
+
+        class View(w.VBox):
+            def _repr_mimebundle_(self, **kwargs):
+                bundle = super()._repr_mimebundle_(**kwargs)
+                data = bundle[0] if isinstance(bundle, tuple) else bundle
+                body = static_html(self)
+                if "Plotly.newPlot" in body and not hasattr(self, "_js"):
+                    self._js = plotly_js_once()  # kept: a display update must not drop it
+                data["text/html"] = f"{getattr(self, '_js', '')}<div class='ai-static'>{body}</div>"
+                return bundle
+
+        _VIEW.append(View)
+    box = _VIEW[0](list(children))
+    for c in classes:
+        box.add_class(c)
+    return box
+
+
+def figure_output(fig=None):
+    """An Output widget holding one plotly figure, set without capturing (``with out:`` hung
+    papermill runs here); ``set_figure(out, fig)`` replaces it."""
+    import ipywidgets as w
+
+    out = w.Output()
+    if fig is not None:
+        set_figure(out, fig)
+    return out
+
+
+def set_figure(out, fig) -> None:
+    """Replace the figure: the plotly mimetype (JupyterLab's plotly renderer draws it)."""
+    import json
+
+    out.outputs = ({"output_type": "display_data", "metadata": {},
+                    "data": {"application/vnd.plotly.v1+json": {**json.loads(fig.to_json()), "config": {}},
+                             "text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}},)
