@@ -10,21 +10,34 @@ out) consumes the next action of the script (then "good" forever):
   ("empty",)                 200 with "choices": []
   ("no_logprobs",)           a good answer that never carries logprobs
   ("reject_logprobs", code)  that status if the request asks for logprobs, else a good answer
+  ("truncated",)             200 with the good answer cut in half
+  ("wrong_length",)          200 with a list answer one element short
+  ("drop",)                  the connection closed without any response
 A string action is shorthand for a 1-tuple. The server stops itself after `lifetime_s`.
+With ``fault_rate`` > 0, every request the script does not cover is, with that probability (seeded),
+one fault drawn uniformly from ``FAULT_KINDS``; ``faults`` counts what was injected.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections import deque
+import random
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+FAULT_KINDS: dict[str, Any] = {  # kind -> action; "timeout" sleeps longer than the client waits
+    "timeout": ("sleep", 3.0), "429": ("status", 429, {"retry-after-ms": "20"}), "500": ("status", 500),
+    "503": ("status", 503), "malformed": ("malformed",), "empty": ("empty",), "truncated": ("truncated",),
+    "wrong_length": ("wrong_length",), "drop": ("drop",)}
+
+
 class FaultServer:
     def __init__(self, script: list[Any] | None = None, *, lifetime_s: float = 60.0,
-                 default: Any = ("good",)) -> None:
+                 default: Any = ("good",), fault_rate: float = 0.0, seed: int = 0) -> None:
+        self.fault_rate, self._rng, self.faults = fault_rate, random.Random(seed), Counter()
         self.script: deque = deque(script or [])
         self.default = default
         self.requests: list[dict] = []  # bodies of the chat requests received
@@ -92,7 +105,14 @@ class FaultServer:
         with self._lock:
             self.requests.append(req)
             self.headers.append({k.lower(): v for k, v in h.headers.items()})
-            action = self.script.popleft() if self.script else self.default
+            if self.script:
+                action = self.script.popleft()
+            elif self.fault_rate and self._rng.random() < self.fault_rate:
+                kind = self._rng.choice(sorted(FAULT_KINDS))
+                self.faults[kind] += 1
+                action = FAULT_KINDS[kind]
+            else:
+                action = self.default
         action = (action,) if isinstance(action, str) else tuple(action)
         kind = action[0]
         if kind == "status":
@@ -104,9 +124,16 @@ class FaultServer:
             return self._send(h, 200, None, raw=b'{"choices": [ this is not json')
         if kind == "empty":
             return self._send(h, 200, {"id": "x", "object": "chat.completion", "choices": []})
+        if kind == "drop":
+            h.close_connection = True
+            return
         if kind == "reject_logprobs" and req.get("logprobs"):
             return self._send(h, action[1], {"error": {"message": "logits_all is off"}})
         text = action[1] if kind == "good" and len(action) > 1 else self._echo(req)
+        if kind == "truncated":
+            text = text[: len(text) // 2]
+        if kind == "wrong_length" and text.startswith("[") and "," in text:
+            text = text[: text.rindex(",")] + "]"
         if "prompt" in req:  # /v1/completions
             return self._send(h, 200, {"id": "cmpl-fake", "object": "text_completion", "model": req.get("model"),
                                        "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],

@@ -61,7 +61,9 @@ def test_advice_follows_the_cause():
     assert "raise max_tokens" in text and "too weak" in text and "check the endpoint" not in text
     bad = xps.failed_reply(out)
     assert bad is not None and bad.failed and bad.raw
-    down = _run([("good",)], base_url="http://127.0.0.1:9/v1")  # nothing listens there
+    with pytest.raises(ConnectionError, match="Cannot reach the LLM endpoint"):  # nothing listens there
+        _run([("good",)], base_url="http://127.0.0.1:9/v1")
+    down = _run([("drop",)] * 8)  # a server that drops every connection (dies mid-run)
     assert down[0].details["failure"] == "endpoint"
     text = xps.verdict(Endpoint("http://127.0.0.1:9/v1", "fake"), xps.summary(down).loc[["llm"]], down)
     assert "check the endpoint" in text and "max_tokens" not in text and "too weak" not in text

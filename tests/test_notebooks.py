@@ -10,25 +10,10 @@ import math
 import nbformat
 import pytest
 
-from autointerp import findings, explain, metrics, planted, results, run
+from autointerp import findings, explain, metrics, planted, results, run, rundir
 
 NOTEBOOKS = run.notebooks()
-EXPECTED = {  # files a chapter must leave in the run directory
-    "00": ["run.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/train_report.json"],
-    "01": ["cache/tokens.npy", "cache/index/ptr.npy", "cache/stats.npz", "cache/summary.json"],
-    "02": ["examples.jsonl", "explanations.jsonl"],
-    "03": ["scores/detection.jsonl", "scores/detection_validity.jsonl", "scores/intruder.jsonl",
-           "scores/intruder_embedding.jsonl"],
-    "04": ["scores/fuzzing.jsonl", "scores/fuzzing_active.jsonl", "scores/simulation.jsonl"],
-    "05": ["scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"],
-    "06": ["scores/embedding.jsonl", "scores/embedding_validity.jsonl"],
-    "07": ["scores/intervention.jsonl"],
-    "10": ["scores/selection.jsonl"],
-    "11": ["findings.json"],
-    "12": ["report.html", "export/features.jsonl"],
-    "09": ["scores/alignment.jsonl", "layers/resid8/cfg.json", "layers/mlp8/sae_weights.safetensors"],
-    "08": ["scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl", "variants/neurons/scores/embedding.jsonl"],
-}
+EXPECTED = {chapter[:2]: list(files) for chapter, files in rundir.STAGES.items()}  # what each leaves
 
 PREREQUISITES = {"01": ["00"], "02": ["00", "01"], **{c: ["00", "01", "02"] for c in ("03", "04", "05", "06", "07")},
                  "08": ["00", "01", "02", "06"], "09": ["00"],
@@ -264,6 +249,7 @@ def check_12(run_dir) -> None:
         assert pg.locator(".ai-static .ai-examples div").count() >= 2 and pg.locator(".ai-steering").count()
         assert not [e for e in pg.errors if e.startswith("page error")], pg.errors
 
+    check_verify(run_dir)
     with browser.page() as pg:
         pg.goto((run_dir / "report.html").as_uri())
         j = the_lab.latents()[0]
@@ -272,6 +258,32 @@ def check_12(run_dir) -> None:
         assert pg.locator(f"#latent-{j} .ai-examples div").count() >= 2
         assert pg.locator("section.latent.shown").count() == 1
         assert not pg.errors, pg.errors  # no console errors, no failed (network) requests
+
+
+def check_verify(run_dir) -> None:
+    """The finished smoke run checks itself as complete and consistent, and a file that claims
+    another SAE or other package versions is caught."""
+    from autointerp import verify
+
+    rep = verify.verify(run_dir)
+    assert not rep.problems and not rep.incomplete and not rep.not_run, rep.text()
+    assert not any("no run identity" in n for n in rep.notes), rep.notes
+    assert verify.main([str(run_dir)]) == 0
+    path = run_dir / "scores" / "embedding.jsonl"
+    original = path.read_text()
+    head, *rest = original.splitlines(keepends=True)
+    h = json.loads(head)
+    h["header"]["provenance"]["run"]["sae_hash"] = "another-sae"
+    h["header"]["provenance"]["packages"]["torch"] = "0.0.1"
+    try:
+        path.write_text(json.dumps(h) + "\n" + "".join(rest))
+        rep = verify.verify(run_dir)
+        found = " ".join(rep.problems)
+        assert "scores/embedding.jsonl was made from another run" in found and "another-sae" in found
+        assert "scores/embedding.jsonl was written with other package versions" in found
+        assert verify.main([str(run_dir)]) == 1
+    finally:
+        path.write_text(original)
 
 
 # the errors JupyterLab's own plotly renderer logs when an Output widget replaces a figure it drew
@@ -323,3 +335,31 @@ def test_dashboard_in_a_real_browser(run_dir):
         assert shot.stat().st_size > 10_000
         errors = [e for e in pg.errors if e.startswith("page error") and not any(k in e for k in KNOWN_LAB_NOISE)]
         assert not errors, errors
+
+
+@pytest.mark.notebooks
+def test_no_api_key_in_anything_a_run_writes(run_dir, tmp_path, monkeypatch):
+    """Chapters 02 and 03 against an OpenAI-compatible test server with a dummy key from the
+    environment: the key reaches the server, and no file the run wrote holds it."""
+    import shutil
+
+    from fault_server import FaultServer
+
+    for need in ("00", "01"):
+        if not all((run_dir / rel).exists() for rel in EXPECTED[need]):
+            run.run("smoke", run_dir, only=[need], cell_timeout_s=600)
+    work = tmp_path / "secret_run"
+    work.mkdir()
+    shutil.copy(run_dir / "run.json", work / "run.json")
+    for sub in ("sae", "cache"):
+        shutil.copytree(run_dir / sub, work / sub)
+    key = "sk-dummy-7f3a91c2e5b84d06a1f0"
+    with FaultServer(lifetime_s=900) as srv:
+        monkeypatch.setenv("AUTOINTERP_LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("AUTOINTERP_LLM_MODEL", "fake-model")
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        run.run("smoke", work, only=["02", "03"], cell_timeout_s=600)
+        assert srv.n_calls > 0 and all(h.get("authorization") == f"Bearer {key}" for h in srv.headers)
+    holding = [str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not holding, f"the API key was written to {holding}"
+    assert (work / "notebooks" / "03_detection.ipynb").exists() and list((work / "llm_cache").rglob("*.json"))

@@ -276,8 +276,14 @@ def _prepare(cache_dir: Path, manifest: CacheManifest, tokens: np.ndarray) -> No
 
 def _iter_shards(cache_dir: Path, manifest: CacheManifest) -> Iterable[dict[str, np.ndarray]]:
     for i in range(manifest.n_shards):
-        with np.load(_shard_path(cache_dir / "shards", i)) as z:
-            yield {k: z[k] for k in SHARD_FIELDS}
+        path = _shard_path(cache_dir / "shards", i)
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in SHARD_FIELDS}
+        except Exception as err:  # noqa: BLE001 - a damaged zip fails in many ways
+            raise ValueError(f"Cache shard {path} is damaged ({type(err).__name__}: {err}): delete that file "
+                             "and rerun notebooks/01_caching.ipynb; only that shard is computed again.") from None
+        yield arrays
 
 
 def build_index(cache_dir: Path, manifest: CacheManifest, top_n: int = 50,
@@ -376,18 +382,26 @@ class CacheReader:
                 f"No finished cache in {self.dir}: run notebooks/01_caching.ipynb for this run dir "
                 "(an interrupted cache resumes where it stopped)."
             )
-        self.manifest = CacheManifest(**json.loads((self.dir / "manifest.json").read_text()))
-        self.tokens: np.ndarray = np.load(self.dir / "tokens.npy", mmap_mode="r")
-        self.ptr: np.ndarray = np.load(self.dir / "index" / "ptr.npy")
-        self._flat = np.load(self.dir / "index" / "flat.npy", mmap_mode="r")
-        self._value = np.load(self.dir / "index" / "value.npy", mmap_mode="r")
-        self.stats: LatentStats | None = None
-        if load_stats:
-            with np.load(self.dir / "stats.npz") as z:
-                self.stats = LatentStats(count=z["count"], max_act=z["max_act"],
-                                         mean_act=z["mean_act"],
-                                         top_token_share=z["top_token_share"],
-                                         n_tokens=int(z["n_tokens"]))
+        try:
+            self.manifest = CacheManifest(**json.loads((self.dir / "manifest.json").read_text()))
+            self.tokens: np.ndarray = np.load(self.dir / "tokens.npy", mmap_mode="r")
+            self.ptr: np.ndarray = np.load(self.dir / "index" / "ptr.npy")
+            self._flat = np.load(self.dir / "index" / "flat.npy", mmap_mode="r")
+            self._value = np.load(self.dir / "index" / "value.npy", mmap_mode="r")
+            self.stats: LatentStats | None = None
+            if load_stats:
+                with np.load(self.dir / "stats.npz") as z:
+                    self.stats = LatentStats(count=z["count"], max_act=z["max_act"],
+                                             mean_act=z["mean_act"],
+                                             top_token_share=z["top_token_share"],
+                                             n_tokens=int(z["n_tokens"]))
+        except Exception as err:  # noqa: BLE001 - damaged .npy/.npz/json fail in many ways
+            raise ValueError(f"The cache in {self.dir} is damaged ({type(err).__name__}: {err}): delete "
+                             f"{self.dir / 'index'} and {self.dir / 'stats.npz'} and rerun "
+                             "notebooks/01_caching.ipynb (the shards are reused).") from None
+        if self.ptr.shape != (self.manifest.d_sae + 1,) or int(self.ptr[-1]) > len(self._flat):
+            raise ValueError(f"The cache index in {self.dir / 'index'} does not fit its manifest: delete that "
+                             "folder and rerun notebooks/01_caching.ipynb (the shards are reused).")
 
     @property
     def ctx_len(self) -> int:

@@ -166,10 +166,11 @@ def _stdlib_source() -> list[Document]:
 
 def _text_dir(folder: Path) -> list[Document]:
     if not folder.is_dir():
-        raise ValueError(f"textdir corpus: {folder} is not a folder.")
+        raise ValueError(f"textdir corpus: {folder} is not a folder: point corpus='textdir:...' at a folder of text files.")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"textdir corpus: no {'/'.join(TEXT_SUFFIXES)} files under {folder}.")
+        raise ValueError(f"textdir corpus: no {'/'.join(TEXT_SUFFIXES)} files under {folder}: put text files "
+                         "there, or point corpus='textdir:...' at another folder.")
     return [Document(str(p.relative_to(folder)), p.read_text(encoding="utf-8", errors="replace"))
             for p in files]
 

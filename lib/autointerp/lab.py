@@ -383,7 +383,9 @@ class Lab:
         else:
             ids = iv.prompts_from_cache(self.reader, j, n_prompts, max_len=max_len, seed=seed)
         if not ids:
-            raise ValueError(f"latent {j} fires in no cache row short enough to steer: pass prompts=[...].")
+            why = "never fires in this cache" if self.stats.count[j] == 0 else "fires in no cache row short enough"
+            raise ValueError(f"latent {j} {why}, so there is no prompt to steer it on: pass prompts=[...] "
+                             "or pick a latent that fires (the dashboard's list, or lab.latents()).")
         batch = iv.PromptBatch(self.subject, ids)
         details: dict[str, Any] = {}
         calibrated = strength is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,10 @@ class SubjectModel:
         try:
             return self.hf.get_submodule(path)
         except AttributeError:
+            m = re.match(r"^(.*layers)\.(\d+)(\.|$)", path)
+            if m and int(m.group(2)) >= self.n_layers:
+                raise ValueError(f"Layer {m.group(2)} of hook {hook!r} is out of range: {self.name} has "
+                                 f"{self.n_layers} layers (0-{self.n_layers - 1}).") from None
             names = [n for n, _ in self.hf.named_modules() if n]
             close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
             raise ValueError(

@@ -73,12 +73,44 @@ def provenance() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs}
 
 
+def run_identity(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What a file inside a run directory was made from: the run's model, corpus hash and seed
+    (``run.json`` in the nearest folder above that has one) and the SAE, its weights' hash and the
+    hook (the nearest ``cache/manifest.json`` on the way: a baseline variant has its own). None
+    outside a run directory. ``python -m autointerp.verify`` checks these against the run."""
+    from .rundir import RunDir
+
+    path = Path(path).resolve()
+    manifest = None
+    for d in map(RunDir, path.parents):
+        m = d.cache_dir / "manifest.json"
+        if manifest is None and m.is_file():
+            manifest = json.loads(m.read_text())
+        if d.config_file.is_file():
+            run = json.loads(d.config_file.read_text())
+            cfg, prov = run.get("config", {}), run.get("provenance", {})
+            ident = {"model": cfg.get("model"), "corpus_hash": (prov.get("corpus") or {}).get("content_hash"),
+                     "seed": cfg.get("seed"), "hook": cfg.get("hook"), "sae": cfg.get("sae")}
+            if manifest:
+                ident.update(hook=manifest.get("hook"), sae=manifest.get("sae_id"), sae_hash=manifest.get("sae_hash"))
+            return ident
+    return None
+
+
 def _atomic_text(path: Path, write) -> Path:
+    """Write to ``<path>.tmp``, then rename over ``path``: a crash or a full disk leaves the old
+    file as it was (the half-written temporary is removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        write(f)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept unchanged" if path.exists() else "nothing else was touched"
+        raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}): {kept}; free some space "
+                                 "(or set AUTOINTERP_DATA to a bigger disk) and rerun the chapter.") from err
     return path
 
 
@@ -90,6 +122,9 @@ def write(path: str | os.PathLike, kind: str, records: Iterable[Any], *,
     head = {"schema": schema_id(kind), "kind": kind, "settings": dict(settings or {}),
             "prompt_hash": prompt_hash, **header}
     head.setdefault("provenance", provenance())
+    ident = run_identity(path)
+    if ident is not None:
+        head["provenance"] = {**head["provenance"], "run": ident}
 
     def lines(f) -> None:
         f.write(json.dumps({"header": plain(head)}, allow_nan=False, default=str) + "\n")

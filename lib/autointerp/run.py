@@ -64,6 +64,16 @@ def keep_snapshots(path: Path) -> int:
     return changed
 
 
+class ChapterFailed(RuntimeError):
+    """A chapter raised: which one, in which cell, the error's own message, and where the executed
+    notebook with the full trace is (what ``python -m autointerp.run`` prints, in a few lines)."""
+
+    def __init__(self, chapter: str, cell: int | None, ename: str, evalue: str, notebook: Path) -> None:
+        self.chapter, self.cell, self.ename, self.evalue, self.notebook = chapter, cell, ename, evalue, notebook
+        super().__init__(f"chapter {chapter} failed in cell [{cell}]: {ename}: {evalue}\n"
+                         f"  full trace: {notebook}")
+
+
 CELL_TIMEOUT_S = 1800  # a cell that runs longer has hung (a full-profile cell may need more: --cell-timeout)
 
 
@@ -84,11 +94,14 @@ def run(profile: str, run_dir: Path, only: list[str] | None = None,
         for nb in notebooks(only):
             t0 = time.perf_counter()
             print(f"[autointerp] {nb.name} ...", flush=True)
-            pm.execute_notebook(
-                str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
-                execution_timeout=cell_timeout_s,
-                parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
-            )
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out_dir / nb.name), cwd=str(nb.parent), progress_bar=False,
+                    execution_timeout=cell_timeout_s,
+                    parameters={"profile": profile, "run_dir": cfg.run_dir, **(params or {})},
+                )
+            except pm.PapermillExecutionError as err:
+                raise ChapterFailed(nb.stem, err.exec_count, err.ename, err.evalue, out_dir / nb.name) from None
             keep_snapshots(out_dir / nb.name)
             print(f"[autointerp] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     finally:
@@ -110,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, help="seconds per cell")
     args = ap.parse_args(argv)
     params = dict(_parse_param(p) for p in args.param)
-    run(args.profile, args.run_dir, args.only, params, args.cell_timeout)
+    try:
+        run(args.profile, args.run_dir, args.only, params, args.cell_timeout)
+    except ChapterFailed as err:
+        print(f"[autointerp] {err}", file=sys.stderr)
+        return 1
     return 0
 
 

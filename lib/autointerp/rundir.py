@@ -44,6 +44,26 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
 }
 
 
+# chapter -> the files it leaves in a run directory when it has finished (``verify``, the tests)
+STAGES: dict[str, tuple[str, ...]] = {
+    "00_setup": ("run.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/train_report.json"),
+    "01_caching": ("cache/tokens.npy", "cache/index/ptr.npy", "cache/stats.npz", "cache/summary.json"),
+    "02_explaining": ("examples.jsonl", "explanations.jsonl"),
+    "03_detection": ("scores/detection.jsonl", "scores/detection_validity.jsonl", "scores/intruder.jsonl",
+                     "scores/intruder_embedding.jsonl"),
+    "04_fuzzing": ("scores/fuzzing.jsonl", "scores/fuzzing_active.jsonl", "scores/simulation.jsonl"),
+    "05_surprisal": ("scores/surprisal.jsonl", "scores/surprisal_validity.jsonl"),
+    "06_embedding": ("scores/embedding.jsonl", "scores/embedding_validity.jsonl"),
+    "07_intervention": ("scores/intervention.jsonl",),
+    "08_neurons": ("scores/baselines.jsonl", "variants/sae/scores/embedding.jsonl",
+                   "variants/neurons/scores/embedding.jsonl"),
+    "09_alignment": ("scores/alignment.jsonl", "layers"),
+    "10_selection": ("scores/selection.jsonl",),
+    "11_findings": ("findings.json",),
+    "12_lab": ("report.html", "export/features.jsonl"),
+}
+
+
 class MissingArtifact(FileNotFoundError):
     """A stage's input is not in the run directory yet."""
 
@@ -101,4 +121,4 @@ class RunDir:
         return self.path("planted") / f"t{int(n_tokens)}_s{int(seed)}"
 
 
-__all__ = ["ARTIFACTS", "RunDir", "MissingArtifact"]
+__all__ = ["ARTIFACTS", "STAGES", "RunDir", "MissingArtifact"]

@@ -46,6 +46,7 @@ def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
         release, _, sae_id = spec.removeprefix("sae-lens:").partition("/")
         if not sae_id:
             raise ValueError(f"{spec!r}: write sae-lens releases as 'sae-lens:RELEASE/SAE_ID'.")
+        _check_registry(release, sae_id)
         hint = ("Download it where the hub is reachable (SAE.from_pretrained(...).save_model(folder)), "
                 "copy the folder here and pass sae='that/folder', or use sae='train'.")
         if not hub_reachable():
@@ -74,6 +75,24 @@ def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
             f"SAE {spec!r} not found: pass 'train', an SAE folder, or 'sae-lens:RELEASE/SAE_ID'."
         )
     return sae.to(dtype=getattr(torch, dtype))
+
+
+def _check_registry(release: str, sae_id: str) -> None:
+    """An id sae-lens does not know fails here, offline, with the close names (its registry ships
+    with the package)."""
+    import difflib
+
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    registry = get_pretrained_saes_directory()
+    if release not in registry:
+        close = difflib.get_close_matches(release, list(registry), n=5, cutoff=0.4)
+        raise ValueError(f"Unknown sae-lens release {release!r}: not in sae-lens's registry. Close: {close}. "
+                         "Write 'sae-lens:RELEASE/SAE_ID' with a release from sae_lens's pretrained_saes.yaml.")
+    ids = list(registry[release].saes_map)
+    if sae_id not in ids:
+        close = difflib.get_close_matches(sae_id, ids, n=5, cutoff=0.4)
+        raise ValueError(f"Release {release!r} has no SAE {sae_id!r}. Close: {close or ids[:5]}.")
 
 
 def sparsify_loader(path, device: str = "cpu", cfg_overrides: dict | None = None):

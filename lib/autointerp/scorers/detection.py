@@ -131,6 +131,10 @@ class DetectionScorer:
             raise ValueError(f"n_per_prompt must be >= 1, got {self.n_per_prompt}.")
         if self.logprobs and self.top_logprobs < 2:
             raise ValueError("logprobs=True needs top_logprobs >= 2 to see both '0' and '1'.")
+        if self.logprobs and self.client.endpoint.supports_logprobs is False:
+            raise ValueError(f"logprobs=True, but the endpoint {self.client.endpoint.model!r} is declared to serve "
+                             "no logprobs (AUTOINTERP_LLM_LOGPROBS=0): pass logprobs=False (binary metrics, no "
+                             "AUROC) or use an endpoint that serves them.")
 
     # -- prompts -----------------------------------------------------------------------------
     def _task(self) -> str:
