@@ -15,7 +15,8 @@ out) consumes the next action of the script (then "good" forever):
   ("drop",)                  the connection closed without any response
 A string action is shorthand for a 1-tuple. The server stops itself after `lifetime_s`.
 With ``fault_rate`` > 0, every request the script does not cover is, with that probability (seeded),
-one fault drawn uniformly from ``FAULT_KINDS``; ``faults`` counts what was injected.
+one fault drawn uniformly from ``FAULT_KINDS``; ``faults`` counts what was injected. ``delay_s``:
+every answer waits that long first (latency).
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ FAULT_KINDS: dict[str, Any] = {  # kind -> action; "timeout" sleeps longer than 
 
 class FaultServer:
     def __init__(self, script: list[Any] | None = None, *, lifetime_s: float = 60.0,
-                 default: Any = ("good",), fault_rate: float = 0.0, seed: int = 0) -> None:
+                 default: Any = ("good",), fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0) -> None:
         self.fault_rate, self._rng, self.faults = fault_rate, random.Random(seed), Counter()
+        self.delay_s = delay_s  # every answer waits this long (an endpoint's latency)
         self.script: deque = deque(script or [])
         self.default = default
         self.requests: list[dict] = []  # bodies of the chat requests received
@@ -115,6 +117,8 @@ class FaultServer:
                 action = self.default
         action = (action,) if isinstance(action, str) else tuple(action)
         kind = action[0]
+        if self.delay_s:
+            self._stop.wait(self.delay_s)
         if kind == "status":
             code, headers = action[1], (action[2] if len(action) > 2 else {})
             return self._send(h, code, {"error": {"message": f"injected {code}", "code": code}}, headers)

@@ -9,6 +9,7 @@
       llm_cache/                    every LLM response, by request hash (02-04)
       planted/t<tokens>_s<seed>/    planted latents of known meaning (03-06)
       scores/<name>.jsonl           one scorer's results (03-07)
+      progress/<scorer>/<inputs>/   per-latent completion records: a killed scorer resumes (03-06)
       scores/<name>_validity.jsonl  its planted-latent exam (03-06)
       variants/<name>/              a baseline through the same pipeline, this layout again (08)
       layers/<name>/                SAEs at adjacent layers, a twin and a narrow one, sae-lens format (09)
@@ -35,6 +36,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "llm_cache": ("llm_cache", "02_explaining"),
     "planted": ("planted", "03_detection"),
     "scores": ("scores", "03_detection"),
+    "progress": ("progress", "03_detection"),
     "variants": ("variants", "08_neurons"),
     "layers": ("layers", "09_alignment"),
     "findings": ("findings.json", "11_findings"),
@@ -103,6 +105,7 @@ class RunDir:
     llm_cache = property(lambda self: self.path("llm_cache"))
     scores_dir = property(lambda self: self.path("scores"))
     notebooks_dir = property(lambda self: self.path("notebooks"))
+    progress_dir = property(lambda self: self.path("progress"))
 
     def scores(self, name: str) -> Path:
         """``scores/<name>.jsonl``: one scorer's (or one condition set's) results."""

@@ -161,15 +161,52 @@ class ScoreRun:
 
 def run_with_control(scorer: Scorer, explanations: Mapping[int, str],
                      examples: Mapping[int, Sequence[Window]], *, seed: int = 0,
-                     metric: str | None = None) -> ScoreRun:
+                     metric: str | None = None, progress: str | Path | None = None,
+                     chunk: int = 16) -> ScoreRun:
     """Score real explanations and the scorer's control; ``metric`` (default: ``primary_metric``)
-    compared with a paired bootstrap CI."""
+    compared with a paired bootstrap CI. With ``progress`` (a run's ``progress`` folder) latents go
+    in chunks of ``chunk`` and each finished latent is recorded there (``progress.Progress``), so
+    a killed run resumes where it stopped, with identical results."""
     t0 = time.perf_counter()
-    real = scorer.score(explanations, examples)
-    control = score_control(scorer, explanations, examples, seed=seed)
+    if progress is None or explanations is None or getattr(scorer, "score_control", None) is not None:
+        real = scorer.score(explanations, examples)
+        control = score_control(scorer, explanations, examples, seed=seed)
+    else:
+        real, control = _resumable(scorer, explanations, examples, seed, Path(progress), chunk)
     metric = metric or primary_metric(real)
     return ScoreRun(real, control, compare(real, control, metric, seed=seed),
                     round(time.perf_counter() - t0, 2), metric)
+
+
+def _resumable(scorer: Scorer, explanations: Mapping[int, str], examples: Mapping[int, Sequence[Window]],
+               seed: int, root: Path, chunk: int) -> tuple[list[ScorerResult], list[ScorerResult]]:
+    """Real and shuffled-control results chunk by chunk, each latent's pair kept as it finishes."""
+    from ..progress import Progress, result_from, settled
+
+    keys = sorted(explanations)
+    shuffled = shuffled_explanations(explanations, seed)
+    settings, prompt_hash = scorer_settings(scorer)
+    prog = Progress(root, scorer.name, {
+        "scorer": scorer.name, "settings": settings, "prompt_hash": prompt_hash, "seed": seed, "chunk": chunk,
+        "explanations": [[k, explanations[k], shuffled[k]] for k in keys],
+        "examples": results.digest({str(k): results.plain(list(examples[k])) for k in keys})})
+    real, control = [], []
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        recs = {k: prog.get(str(k)) for k in part}
+        if any(v is None for v in recs.values()):  # the whole chunk again: the same batches as a fresh run
+            exs = {k: examples[k] for k in part}
+            r = {x.latent: x for x in scorer.score({k: explanations[k] for k in part}, exs)}
+            c = {x.latent: dataclasses.replace(x, control=SHUFFLED, usage={**x.usage, "shuffle_seed": seed})
+                 for x in scorer.score({k: shuffled[k] for k in part}, exs)}
+            for k in part:
+                recs[k] = {"real": results.plain(r.get(k)), "control": results.plain(c.get(k))}
+                if settled(r.get(k)) and settled(c.get(k)):
+                    prog.put(str(k), recs[k])
+        for k in part:  # one form either way (through JSON), so a resumed run equals a fresh one
+            real += [result_from(recs[k]["real"])] if recs[k]["real"] else []
+            control += [result_from(recs[k]["control"])] if recs[k]["control"] else []
+    return real, control
 
 
 def results_frame(results_: Sequence[ScorerResult]):
