@@ -50,7 +50,7 @@ CACHE = """
 from pathlib import Path
 from autointerp import cache, corpus, models, saes
 subject = models.load("embedded")
-rows = corpus.load_and_pack("stdlib", subject.tokenizer, ctx_len=64, n_tokens=64 * 240, seed=0).tokens
+rows = corpus.load_and_pack("stdlib", subject.tokenizer, ctx_len=64, n_tokens=64 * 128, seed=0).tokens
 sae = saes.random_sae(576, 256, 8, seed=0)
 cache.build_cache(Path(sys.argv[1]), subject, sae, "model.layers.4", rows, sae_id="random", corpus_hash="t",
                   batch_size=8, shard_rows=16, progress=False)
@@ -81,7 +81,7 @@ from autointerp.scorers.detection import DetectionScorer
 base_url, out, progress = sys.argv[1:4]
 expl, exs = _latents(32)
 client = LLMClient(Endpoint(base_url=base_url, model="fake-judge"), None, concurrency=4)
-run = run_with_control(DetectionScorer(client, decode=decode), expl, exs, seed=0, progress=progress, chunk=4)
+run = run_with_control(DetectionScorer(client, decode=decode), expl, exs, seed=0, resume=progress, chunk=4)
 write_run(out, run)
 """
 
@@ -152,7 +152,7 @@ def test_a_latent_whose_calls_failed_is_not_recorded_so_the_rerun_asks_again(tmp
 
     def score(srv, budget, progress):
         client = LLMClient(Endpoint(base_url=srv.base_url, model="fake-judge"), None, budget=budget, concurrency=2)
-        return run_with_control(DetectionScorer(client, decode=decode), expl, exs, seed=0, progress=progress, chunk=4)
+        return run_with_control(DetectionScorer(client, decode=decode), expl, exs, seed=0, resume=progress, chunk=4)
 
     with Judge() as srv:
         whole = score(srv, None, tmp_path / "whole")
@@ -175,7 +175,7 @@ rows = corpus.load_and_pack("stdlib", subject.tokenizer, ctx_len=32, n_tokens=32
 sae = saes.random_sae(576, 256, 8, seed=0)
 reader = cache.build_cache(out / "cache", subject, sae, "model.layers.4", rows, sae_id="random", corpus_hash="t",
                            batch_size=8, shard_rows=16, progress=False)
-latents = sorted(int(j) for j in np.argsort(-reader.stats.count, kind="stable")[:8])
+latents = sorted(int(j) for j in np.argsort(-reader.stats.count, kind="stable")[:6])
 run = steering.run_all(subject, sae, "model.layers.4", reader, latents, n_prompts=2, max_len=24, gen_tokens=3,
                        calibration_steps=4, random_control=False, seed=0, progress=False, resume=out / "progress")
 (out / "trained.json").write_text(json.dumps([results.plain(r) for r in run.results["trained"] + run.results["shuffled"]]))
@@ -187,9 +187,9 @@ def test_steering_killed_then_rerun_steers_only_the_rest_and_gives_the_same_scor
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run([sys.executable, str(script), str(whole)])
     records = killed / "progress" / "intervention"
-    _kill_when([sys.executable, str(script), str(killed)], lambda: len(list(records.rglob("*.json"))) >= 3)
+    _kill_when([sys.executable, str(script), str(killed)], lambda: len(list(records.rglob("*.json"))) >= 2)
     kept = {p.name: p.stat().st_mtime_ns for p in records.rglob("*.json")}
-    assert 3 <= len(kept) < 8
+    assert 2 <= len(kept) < 6
     _run([sys.executable, str(script), str(killed)])
     assert {p.name: p.stat().st_mtime_ns for p in records.rglob("*.json") if p.name in kept} == kept  # not redone
     def scores(path):  # everything but the wall-clock timings

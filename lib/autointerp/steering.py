@@ -62,11 +62,17 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
             max_len: int | None = 48, gen_tokens: int = 8, calibration_steps: int = 14,
             random_rows: int = 96, target_kl: float = 0.5, scorer=None, seed: int = 0,
             input_side: Mapping[int, str] | None = None, random_control: bool = True,
-            progress: bool = True) -> InterventionRun:
+            progress: bool = True, resume: str | Path | None = None) -> InterventionRun:
     """Score ``latents`` of ``sae`` (prompts from the run's cache), then the controls: shuffled
     explanations and (``random_control``) a random SAE on the first ``random_rows`` cached rows;
-    ``input_side`` (latent -> text) is also scored on the trained generations."""
+    ``input_side`` (latent -> text) is also scored on the trained generations. With ``resume`` (a
+    run's ``progress`` folder) each steered latent is recorded as it finishes
+    (``progress.Progress``), and a rerun after a kill steers only the rest."""
     from tqdm.auto import tqdm
+
+    from . import results
+    from .cache import sae_fingerprint
+    from .progress import Progress, result_from
 
     scorer = scorer or subject
     kw = dict(target_kl=target_kl, n_tokens=gen_tokens, seed=seed, scorer=scorer,
@@ -75,12 +81,22 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
     secs: dict[str, float] = {}
     skipped: dict[int, str] = {}
     t0 = time.perf_counter()
+    prog = None if resume is None else Progress(resume, "intervention", {
+        "sae": sae_fingerprint(sae), "hook": hook, "cache": reader.manifest.corpus_hash, "n_prompts": n_prompts,
+        "max_len": max_len, "scorer": getattr(scorer, "name", None), **{k: v for k, v in kw.items() if k != "scorer"}})
     for j in tqdm(list(latents), desc="intervention", disable=not progress):
-        prompts = iv.prompts_from_cache(reader, j, n_prompts, max_len=max_len, seed=seed)
-        if len(prompts) < 2:
-            skipped[j] = f"{len(prompts)} usable prompt(s) (need 2; raise max_len or cache more tokens)"
-            continue
-        out["trained"].append(iv.score_latent(subject, sae, hook, j, prompts, **kw))
+        rec = prog.get(str(j)) if prog else None
+        if rec is None:
+            prompts = iv.prompts_from_cache(reader, j, n_prompts, max_len=max_len, seed=seed)
+            rec = ({"skipped": f"{len(prompts)} usable prompt(s) (need 2; raise max_len or cache more tokens)"}
+                   if len(prompts) < 2 else
+                   {"result": results.plain(iv.score_latent(subject, sae, hook, j, prompts, **kw))})
+            if prog:
+                prog.put(str(j), rec)
+        if "skipped" in rec:
+            skipped[j] = rec["skipped"]
+        else:
+            out["trained"].append(result_from(rec["result"]))
     secs["trained"] = time.perf_counter() - t0
     if len(out["trained"]) < 2:
         raise ValueError(f"Only {len(out['trained'])} latent(s) could be steered ({skipped}); the "

@@ -161,18 +161,18 @@ class ScoreRun:
 
 def run_with_control(scorer: Scorer, explanations: Mapping[int, str],
                      examples: Mapping[int, Sequence[Window]], *, seed: int = 0,
-                     metric: str | None = None, progress: str | Path | None = None,
+                     metric: str | None = None, resume: str | Path | None = None,
                      chunk: int = 16) -> ScoreRun:
     """Score real explanations and the scorer's control; ``metric`` (default: ``primary_metric``)
-    compared with a paired bootstrap CI. With ``progress`` (a run's ``progress`` folder) latents go
+    compared with a paired bootstrap CI. With ``resume`` (a run's ``progress`` folder) latents go
     in chunks of ``chunk`` and each finished latent is recorded there (``progress.Progress``), so
     a killed run resumes where it stopped, with identical results."""
     t0 = time.perf_counter()
-    if progress is None or explanations is None or getattr(scorer, "score_control", None) is not None:
+    if resume is None or explanations is None or getattr(scorer, "score_control", None) is not None:
         real = scorer.score(explanations, examples)
         control = score_control(scorer, explanations, examples, seed=seed)
     else:
-        real, control = _resumable(scorer, explanations, examples, seed, Path(progress), chunk)
+        real, control = _resumable(scorer, explanations, examples, seed, Path(resume), chunk)
     metric = metric or primary_metric(real)
     return ScoreRun(real, control, compare(real, control, metric, seed=seed),
                     round(time.perf_counter() - t0, 2), metric)
