@@ -63,6 +63,43 @@ class Estimate:
                 f"(~{self.prompt_tokens:,} prompt tokens, <= {self.max_completion_tokens:,} completion tokens{cost})")
 
 
+class Spending:
+    """What one client has spent against its ``Budget``: HTTP tries sent and their estimated cost."""
+
+    def __init__(self, budget: Budget, price_prompt: float | None, price_completion: float | None) -> None:
+        if budget.max_cost is not None and None in (price_prompt, price_completion):
+            raise ValueError("A cost cap (max_cost) needs the endpoint's prices: set AUTOINTERP_LLM_PRICE_PROMPT "
+                             "and AUTOINTERP_LLM_PRICE_COMPLETION (USD per million tokens), or cap calls instead "
+                             "(AUTOINTERP_LLM_MAX_CALLS).")
+        self.budget, self.prices = budget, (price_prompt, price_completion)
+        self.calls = 0  # what max_calls caps
+        self.committed_usd = 0.0  # what max_cost caps
+
+    def request_cost(self, messages, max_tokens: int) -> float:
+        return cost(prompt_tokens(messages), max_tokens, *self.prices) or 0.0
+
+    def refusal(self, messages, max_tokens: int) -> str | None:
+        """Why the next try may not be sent (None: it may). Checked before every try."""
+        b = self.budget
+        if b.max_calls is not None and self.calls >= b.max_calls:
+            return (f"spending cap: max_calls={b.max_calls} reached; finished answers are cached, rerun with a "
+                    "higher AUTOINTERP_LLM_MAX_CALLS to go on")
+        if b.max_cost is not None and self.committed_usd + self.request_cost(messages, max_tokens) > b.max_cost:
+            return (f"spending cap: max_cost=${b.max_cost:g} would be passed (${self.committed_usd:.4f} committed); "
+                    "finished answers are cached, rerun with a higher AUTOINTERP_LLM_MAX_COST to go on")
+        return None
+
+    def spend(self, messages, max_tokens: int) -> None:
+        self.calls += 1
+        self.committed_usd += self.request_cost(messages, max_tokens)
+
+    def caps(self) -> str:
+        b = self.budget
+        return ", ".join(x for x in (f"max_calls={b.max_calls}" if b.max_calls is not None else "",
+                                     f"max_cost=${b.max_cost:g}" if b.max_cost is not None else "",
+                                     "DRY RUN: nothing is sent" if b.dry_run else "") if x)
+
+
 def prompt_tokens(messages) -> int:
     return int(sum(len(c) for _, c in messages) / CHARS_PER_TOKEN) + 4 * len(messages)
 
@@ -73,4 +110,4 @@ def cost(prompt: int, completion: int, price_prompt: float | None, price_complet
     return (prompt * price_prompt + completion * price_completion) / 1e6
 
 
-__all__ = ["Budget", "Estimate", "CHARS_PER_TOKEN", "prompt_tokens", "cost"]
+__all__ = ["Budget", "Estimate", "Spending", "CHARS_PER_TOKEN", "prompt_tokens", "cost"]

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import openai
 
 from . import budget as _budget
-from .budget import Budget, Estimate
-from .endpoints import Endpoint
+from .budget import Budget, Estimate, Spending
+from .endpoints import Endpoint, check_reachable
 from .ledger import Ledger
 
 ROLES = ("system", "user", "assistant")
@@ -140,13 +140,8 @@ class LLMClient:
         if concurrency < 1 or max_tries < 1 or timeout_s <= 0:
             raise ValueError("concurrency and max_tries must be >= 1 and timeout_s > 0")
         self.budget = budget if budget is not None else Budget.from_env()
-        if self.budget.max_cost is not None and None in (endpoint.price_prompt_per_mtok,
-                                                         endpoint.price_completion_per_mtok):
-            raise ValueError("A cost cap (max_cost) needs the endpoint's prices: set AUTOINTERP_LLM_PRICE_PROMPT "
-                             "and AUTOINTERP_LLM_PRICE_COMPLETION (USD per million tokens), or cap calls instead "
-                             "(AUTOINTERP_LLM_MAX_CALLS).")
-        self.calls_made = 0  # HTTP tries sent by this client (what max_calls caps)
-        self.committed_usd = 0.0  # estimated cost of those tries (what max_cost caps)
+        self.spending = Spending(self.budget, endpoint.price_prompt_per_mtok, endpoint.price_completion_per_mtok)
+        self._reachable = False
         self.endpoint = endpoint
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.concurrency, self.timeout_s, self.max_tries = concurrency, timeout_s, max_tries
@@ -276,11 +271,11 @@ class LLMClient:
         attempts = 0
         while True:
             use_lp = req.logprobs and not fallback
-            over = self._over_budget(req)
+            over = self.spending.refusal(req.messages, req.max_tokens)
             if over:
                 return self._failed(key, over, attempts)
             attempts += 1
-            self._spend(req)
+            self.spending.spend(req.messages, req.max_tokens)
             try:
                 text, top, usage = await self._try(client, req, use_lp)
             except _Retry as err:
@@ -289,7 +284,7 @@ class LLMClient:
                     # the endpoint may reject logprobs (llama.cpp without logits_all answers 500):
                     # resend once without them to find out
                     attempts += 1
-                    self._spend(req)
+                    self.spending.spend(req.messages, req.max_tokens)
                     try:
                         text, top, usage = await self._try(client, req, False)
                     except _Retry:
@@ -311,45 +306,7 @@ class LLMClient:
             return ChatResponse(key, text, top if use_lp else None, *usage, cached=False,
                                 logprobs_fallback=fallback, attempts=attempts)
 
-    def check_reachable(self, timeout_s: float = 5.0) -> None:
-        """Raise one clear error when nothing listens at the endpoint (before a stage sends its
-        requests one by one into retries). Checked once per client."""
-        if getattr(self, "_reachable", False):
-            return
-        import socket
-        from urllib.parse import urlparse
-
-        from .endpoints import safe_url
-
-        u = urlparse(self.endpoint.base_url)
-        port = u.port or (443 if u.scheme == "https" else 80)
-        try:
-            socket.create_connection((u.hostname or "", port), timeout=timeout_s).close()
-        except OSError as err:
-            raise ConnectionError(f"Cannot reach the LLM endpoint {safe_url(self.endpoint.base_url)} ({err}). Nothing "
-                                  "was sent: start that server, or fix AUTOINTERP_LLM_BASE_URL (or base_url=...).") from None
-        self._reachable = True
-
-    # -- the spending cap ------------------------------------------------------------------------
-    def _request_cost(self, req: ChatRequest) -> float:
-        ep = self.endpoint
-        return _budget.cost(_budget.prompt_tokens(req.messages), req.max_tokens,
-                            ep.price_prompt_per_mtok, ep.price_completion_per_mtok) or 0.0
-
-    def _over_budget(self, req: ChatRequest) -> str | None:
-        """Why the next try may not be sent (None: it may). Checked before every try."""
-        b = self.budget
-        if b.max_calls is not None and self.calls_made >= b.max_calls:
-            return (f"spending cap: max_calls={b.max_calls} reached; finished answers are cached, rerun with a "
-                    "higher AUTOINTERP_LLM_MAX_CALLS to go on")
-        if b.max_cost is not None and self.committed_usd + self._request_cost(req) > b.max_cost:
-            return (f"spending cap: max_cost=${b.max_cost:g} would be passed (${self.committed_usd:.4f} committed); "
-                    "finished answers are cached, rerun with a higher AUTOINTERP_LLM_MAX_COST to go on")
-        return None
-
-    def _spend(self, req: ChatRequest) -> None:
-        self.calls_made += 1
-        self.committed_usd += self._request_cost(req)
+    committed_usd = property(lambda self: self.spending.committed_usd)  # estimated cost of the tries sent
 
     def estimate(self, reqs: Sequence[ChatRequest]) -> Estimate:
         """The planned work of ``run(reqs)``: what the cache answers, what is left to send, its tokens
@@ -358,9 +315,8 @@ class LLMClient:
         todo = [r for k, r in unique.items() if self._cache_get(k) is None]
         p = sum(_budget.prompt_tokens(r.messages) for r in todo)
         c = sum(r.max_tokens for r in todo)
-        ep = self.endpoint
         # duplicates count as answered by the cache: the client sends each distinct request once
-        return Estimate(len(reqs), len(reqs) - len(todo), len(todo), p, c, _budget.cost(p, c, ep.price_prompt_per_mtok, ep.price_completion_per_mtok))
+        return Estimate(len(reqs), len(reqs) - len(todo), len(todo), p, c, _budget.cost(p, c, *self.spending.prices))
 
     def _failed(self, key: str, error: str, attempts: int) -> ChatResponse:
         if len(self.__key) >= 8:
@@ -453,13 +409,11 @@ class LLMClient:
         reqs = list(reqs)
         est = self.estimate(reqs)
         if est.to_send:  # before the stage sends anything: what it plans, and any cap
-            b = self.budget
-            caps = ", ".join(x for x in (f"max_calls={b.max_calls}" if b.max_calls is not None else "",
-                                         f"max_cost=${b.max_cost:g}" if b.max_cost is not None else "",
-                                         "DRY RUN: nothing is sent" if b.dry_run else "") if x)
+            caps = self.spending.caps()
             print(est.text(desc) + (f"; {caps}" if caps else ""), flush=True)
-            if not self.budget.dry_run:
-                self.check_reachable()
+            if not self.budget.dry_run and not self._reachable:
+                check_reachable(self.endpoint)  # one clear error before sending into retries
+                self._reachable = True
 
         async def main() -> list[ChatResponse]:
             bar = tqdm(total=len(reqs), desc=desc, disable=not reqs)

@@ -104,6 +104,19 @@ def safe_url(url: str) -> str:
                        p.path, "", "", ""))
 
 
+def check_reachable(endpoint: Endpoint, timeout_s: float = 5.0) -> None:
+    """Raise one clear error when nothing listens at the endpoint's host and port."""
+    import socket
+
+    u = urlparse(endpoint.base_url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((u.hostname or "", port), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"Cannot reach the LLM endpoint {safe_url(endpoint.base_url)} ({err}). Nothing "
+                              "was sent: start that server, or fix AUTOINTERP_LLM_BASE_URL (or base_url=...).") from None
+
+
 def explicit_endpoint(base_url: str, model: str | None,
                       api_key_env: str = "OPENAI_API_KEY") -> Endpoint:
     """The endpoint a chapter's ``llm_base_url`` / ``llm_model`` / ``llm_api_key_env`` name."""
