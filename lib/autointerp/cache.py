@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .models import hooked_output  # noqa: F401 - also ai.cache.hooked_output
 from .records import ACTIVATING, Window
 
 SHARD_FIELDS = ("row", "pos", "latent", "value")
@@ -109,20 +110,6 @@ def sae_fingerprint(sae) -> str:
         for part in tensor.detach().reshape(-1).split(1 << 22):
             h.update(part.float().cpu().contiguous().numpy())
     return h.hexdigest()[:16]
-
-
-def hooked_output(subject, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
-    """Output (or, for a ``.input`` hook, input) of the hooked module, [B, T, d]; the forward
-    stops there (nnsight ``tracer.stop``)."""
-    from .models import split_hook
-
-    envoy, on_input = subject.envoy(hook), split_hook(hook)[1]
-    with torch.inference_mode():
-        with subject.nn.trace(input_ids) as tracer:
-            out = envoy.input if on_input else envoy.output
-            hidden = (out[0] if isinstance(out, tuple) else out).save()
-            tracer.stop()
-    return hidden
 
 
 def encode_batch(subject, sae, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
@@ -391,9 +378,7 @@ class CacheReader:
             self.stats: LatentStats | None = None
             if load_stats:
                 with np.load(self.dir / "stats.npz") as z:
-                    self.stats = LatentStats(count=z["count"], max_act=z["max_act"],
-                                             mean_act=z["mean_act"],
-                                             top_token_share=z["top_token_share"],
+                    self.stats = LatentStats(**{k: z[k] for k in ("count", "max_act", "mean_act", "top_token_share")},
                                              n_tokens=int(z["n_tokens"]))
         except Exception as err:  # noqa: BLE001 - damaged .npy/.npz/json fail in many ways
             raise ValueError(f"The cache in {self.dir} is damaged ({type(err).__name__}: {err}): delete "

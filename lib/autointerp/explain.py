@@ -407,10 +407,14 @@ class LogitLensExplainer:
                 break
         return out
 
+    def promoted_suppressed(self, latent: int, decode: Decode) -> tuple[list[list[Any]], list[list[Any]]]:
+        """The k tokens latent's direction promotes most and suppresses most: [token, logit, id] each."""
+        row = self.logits([latent])[0]
+        return (self._top(row, np.argsort(-row, kind="stable"), decode),
+                self._top(row, np.argsort(row, kind="stable"), decode))
+
     def explain(self, lex: LatentExamples, decode: Decode) -> Explanation:
-        row = self.logits([lex.latent])[0]
-        up = self._top(row, np.argsort(-row, kind="stable"), decode)
-        down = self._top(row, np.argsort(row, kind="stable"), decode)
+        up, down = self.promoted_suppressed(lex.latent, decode)
         text = (f"Promotes the next tokens {_quoted(t for t, _, _ in up[:5])}; "
                 f"suppresses {_quoted(t for t, _, _ in down[:5])}.")
         return Explanation(lex.latent, self.name, text, prompt_hash=self.prompt_hash,

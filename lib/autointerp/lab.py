@@ -228,13 +228,15 @@ class Lab:
         ranks = [r for f in firsts for r in range(f, f + per_quantile) if r < len(table) and q[r] == q[f]]
         return windows_at(self.reader, table, ranks, q), tuple(float(table.max_act[f]) for f in firsts)
 
-    def logit_lens(self, j: int, k: int = 10) -> tuple[tuple, tuple]:
+    @cached_property
+    def lens(self):
         from .explain import LogitLensExplainer
 
-        lens = LogitLensExplainer.from_subject(self.subject, self.sae, k=k)
-        row = lens.logits([j])[0]
-        up = lens._top(row, np.argsort(-row, kind="stable"), self.decode)
-        down = lens._top(row, np.argsort(row, kind="stable"), self.decode)
+        return LogitLensExplainer.from_subject(self.subject, self.sae, k=10)
+
+    def logit_lens(self, j: int) -> tuple[tuple, tuple]:
+        """(promoted, suppressed): (token, logit) pairs of latent j's decoder direction (chapter 02's lens)."""
+        up, down = self.lens.promoted_suppressed(j, self.decode)
         return tuple((t, v) for t, v, _ in up), tuple((t, v) for t, v, _ in down)
 
     def neighbours(self, j: int, n: int = 8) -> tuple[tuple[int, float], ...]:

@@ -145,6 +145,18 @@ class SubjectModel:
                 "n_params": sum(p.numel() for p in self.hf.parameters())}
 
 
+def hooked_output(subject, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
+    """Output (or, for a ``.input`` hook, input) of the hooked module, [B, T, d]; the forward
+    stops there (nnsight ``tracer.stop``)."""
+    envoy, on_input = subject.envoy(hook), split_hook(hook)[1]
+    with torch.inference_mode():
+        with subject.nn.trace(input_ids) as tracer:
+            out = envoy.input if on_input else envoy.output
+            hidden = (out[0] if isinstance(out, tuple) else out).save()
+            tracer.stop()
+    return hidden
+
+
 class _Stop(Exception):
     """Raised inside a forward hook to stop the forward early."""
 

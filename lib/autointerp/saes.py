@@ -310,7 +310,7 @@ def loaded_report(sae: SAE, spec: str, subject, hook: str, held: np.ndarray, fir
 
 def hooked_activations(subject, hook: str, tokens: np.ndarray, batch_size: int = 16) -> torch.Tensor:
     """Outputs of the hooked module for rows of tokens, [n_rows, ctx_len, d] (stops early)."""
-    from .cache import hooked_output
+    from .models import hooked_output
 
     outs = []
     for b0 in range(0, len(tokens), batch_size):
