@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,12 +198,14 @@ def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, 
     for sname, scorer in scorers.items():
         k, p, q = (sizes or {}).get(sname, (None, n_pos, n_neg))
         inputs = scoring.load_inputs(vdir.root, explainer=explainer.name, n_latents=k, n_pos=p, n_neg=q)
-        runs[sname] = run_with_control(scorer, inputs.explanations, inputs.examples, seed=cfg.seed)
+        runs[sname] = run_with_control(scorer, inputs.explanations, inputs.examples, seed=cfg.seed,
+                                       resume=cfg.path.progress_dir)
         scoring.write_scores(vdir.root, runs[sname], inputs, scorer=scorer, variant=name, hook=hook)
     if steer:
         try:
             runs[INTERVENTION] = intervene(reader_model, sae, hook, reader, latents, steer,
-                                           scorer=steer_scorer or subject, seed=cfg.seed, progress=progress)
+                                           scorer=steer_scorer or subject, seed=cfg.seed, progress=progress,
+                                           resume=cfg.path.progress_dir)
             write_run(vdir.scores(INTERVENTION), runs[INTERVENTION], variant=name, hook=hook, steer=dict(steer),
                       steered_model=reader_model.name)
         except ValueError as err:  # fewer than 2 latents could be steered: a result, the others still run
@@ -212,13 +215,13 @@ def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, 
 
 
 def intervene(model, sae, hook: str, reader, latents: Sequence[int], steer: Mapping[str, Any], *, scorer,
-              seed: int = 0, progress: bool = True) -> ScoreRun:
+              seed: int = 0, progress: bool = True, resume: str | Path | None = None) -> ScoreRun:
     """Intervention scoring of the first ``steer["n_latents"]`` latents (chapter 07's path: KL-calibrated
     steering of ``model``, raised-token explanation, ``scorer`` NLL) against the shuffled control,
     as a ``ScoreRun`` on "mean_score" (nats)."""
     kw = {k: v for k, v in steer.items() if k != "n_latents"}
     run = steering.run_all(model, sae, hook, reader, list(latents)[: steer["n_latents"]], scorer=scorer, seed=seed,
-                           random_control=False, progress=progress, **kw)
+                           random_control=False, progress=progress, resume=resume, **kw)
     real, control = run.results["trained"], run.results[iv.SHUFFLED]
     return ScoreRun(real, control, compare(real, control, "mean_score", seed=seed),
                     round(sum(run.seconds.values()), 1), "mean_score")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ class Progress:
         return [k for k in keys if self._path(k).is_file()]
 
 
+def recorded(prog: Progress | None, key: str, compute: Callable[[], ScorerResult | None]) -> ScorerResult | None:
+    """``compute()``'s result (or None), kept in ``prog`` under ``key``; the one kept earlier when
+    there is one. It goes through its JSON form either way, so a resumed run equals a fresh one.
+    For computations without LLM calls (nothing in them can fail and be worth asking again)."""
+    rec = prog.get(key) if prog is not None else None
+    if rec is None:
+        r = compute()
+        rec = {"result": None if r is None else results.plain(r)}
+        if prog is not None:
+            prog.put(key, rec)
+    return None if rec["result"] is None else result_from(rec["result"])
+
+
 def _floats(cls, d: dict[str, Any]) -> dict[str, Any]:
     """None back to NaN in a dataclass's float fields (``results.plain`` writes NaN as null)."""
     out = dict(d)
@@ -77,4 +91,4 @@ def result_from(d: dict[str, Any]) -> ScorerResult:
                         d.get("details") or {})
 
 
-__all__ = ["Progress", "result_from", "settled", "CALL_FAILURES"]
+__all__ = ["Progress", "recorded", "result_from", "settled", "CALL_FAILURES"]

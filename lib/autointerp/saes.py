@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +203,10 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
     n_rows, ctx_len = tokens.shape
     if n_rows <= heldout_rows + 1:
         raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
+    out_dir = Path(out_dir)
+    stage = out_dir.parent / f".{out_dir.name}.training"  # published by one rename when finished
+    if stage.exists():
+        shutil.rmtree(stage)  # a killed earlier attempt
     train_rows, held = tokens[:-heldout_rows], tokens[-heldout_rows:]
     d_in = subject.hook_dim(hook)
     store_prompts = max(1, min(16, batch_tokens // ctx_len))
@@ -215,7 +221,7 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
         train_batch_size_tokens=batch_tokens, store_batch_size_prompts=store_prompts,
         n_batches_in_buffer=n_buffer, lr=lr, seed=seed, device=str(subject.device),
         logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, save_final_checkpoint=False,
-        checkpoint_path=str(out_dir / "checkpoints"), output_path=None,
+        checkpoint_path=str(stage / "checkpoints"), output_path=None,
         n_batches_for_norm_estimate=4, verbose=progress,
         # Our budgets are ~100-1000 steps: call a latent dead after 10 silent steps so the AuxK
         # loss revives it (sae-lens default 1000 suits million-step runs).
@@ -229,15 +235,48 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=proxy)
     trained = runner.run()
     seconds = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trained.save_inference_model(str(out_dir))
-    sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
+    _save(trained, stage)
+    sae = SAE.load_from_disk(str(stage), device=str(subject.device))
     fvu, alive = evaluate(sae, subject, hook, held, first_pos)
     report = TrainReport(path=str(out_dir), d_in=d_in, d_sae=width, k=k, hook=hook,
                          training_tokens=int(train_rows[:, first_pos:].size), seconds=round(seconds, 1),
                          fvu=fvu, frac_alive=alive)
-    (out_dir / "train_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    (stage / "train_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    _publish(stage, out_dir)
     return report
+
+
+def _save(sae, folder: Path) -> None:
+    """sae-lens's ``save_inference_model``, with cfg.json's keys sorted (sae-lens's order varies
+    between processes), so the same training gives the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(folder))
+    cfg = folder / "cfg.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()), indent=2, sort_keys=True))
+
+
+def _publish(staged: Path, final: Path) -> None:
+    """Move a finished SAE folder (weights, config, train report) into place with one rename, so
+    ``final`` holds a whole SAE or none; a leftover ``final`` without weights is replaced."""
+    if (final / SAE_LENS_WEIGHTS).exists():
+        shutil.rmtree(staged)
+        return
+    if final.exists():
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, final)
+
+
+def _finish_pass(stage: Path, where: dict[str, Path]) -> None:
+    """After a kill: publish every SAE of a training pass that finished (``stage/complete``);
+    drop one that did not, whose SAEs are then trained again (from the same seed: the same bytes)."""
+    if not stage.exists():
+        return
+    if (stage / "complete").exists():
+        for n in sorted(p.name for p in stage.iterdir() if p.is_dir()):
+            if n in where:
+                _publish(stage / n, where[n])
+    shutil.rmtree(stage)
 
 
 def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], out_root: Path, *, k: int,
@@ -246,12 +285,16 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
     """Train several TopK SAEs at once (``specs``: name -> (hook, width)) with sae-lens's
     ``MultiSAETrainingRunner``: one forward pass per batch feeds every hook. Each SAE is trained
     exactly as ``train_topk`` trains one (same tokens, batch, lr, dead-latent window) and saved
-    in sae-lens format in ``out_root/<name>/<subdir>``. SAEs already there are left alone (not retrained)."""
+    in sae-lens format in ``out_root/<name>/<subdir>``. SAEs already there are left alone (not retrained).
+    The pass saves into a staging folder, marks it complete, then moves each SAE into place, so a
+    kill leaves whole SAEs only, and a rerun finishes the moves or trains the pass again."""
     import datasets
     from sae_lens import LoggingConfig, MultiSAETrainingRunner, MultiSAETrainingRunnerConfig, TopKTrainingSAEConfig
     from sae_lens.load_model import HookedProxyLM
 
     where = {n: Path(out_root) / n / subdir for n in specs}
+    stage = Path(out_root) / (".training" + (f"-{subdir}" if subdir else ""))
+    _finish_pass(stage, where)
     todo = {n: hw for n, hw in specs.items() if not (where[n] / SAE_LENS_WEIGHTS).exists()}
     n_rows, ctx_len = tokens.shape
     if n_rows <= heldout_rows + 1:
@@ -272,7 +315,7 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
             store_batch_size_prompts=max(1, min(16, batch_tokens // ctx_len)),
             n_batches_in_buffer=4 * -(-batch_tokens // ctx_len), lr=lr, seed=seed, device=str(subject.device),
             logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, save_final_checkpoint=False,
-            checkpoint_path=str(Path(out_root) / "checkpoints"), output_path=None,
+            checkpoint_path=str(stage / "checkpoints"), output_path=None,
             n_batches_for_norm_estimate=4, dead_feature_window=10)  # as train_topk
         dataset = datasets.Dataset.from_dict({"input_ids": train_rows.astype(np.int64).tolist()})
         proxy = HookedProxyLM(subject.hf, subject.tokenizer, hook_names=hooks)
@@ -282,20 +325,20 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
         trained = MultiSAETrainingRunner(cfg, override_dataset=dataset, override_model=proxy).run()
         seconds = time.perf_counter() - t0
         for n, sae in trained.items():
-            where[n].mkdir(parents=True, exist_ok=True)
-            sae.save_inference_model(str(where[n]))
-    reports = {}
-    for n, (hook, width) in specs.items():
-        out_dir = where[n]
-        if n in todo:
-            sae = SAE.load_from_disk(str(out_dir), device=str(subject.device))
-            fvu, alive = evaluate(sae, subject, hook, held, first_pos)
-            rep = TrainReport(path=str(out_dir), d_in=int(sae.cfg.d_in), d_sae=width, k=k, hook=hook,
+            _save(sae, stage / n)
+            hook, width = todo[n]
+            fvu, alive = evaluate(SAE.load_from_disk(str(stage / n), device=str(subject.device)), subject, hook,
+                                  held, first_pos)
+            rep = TrainReport(path=str(where[n]), d_in=int(sae.cfg.d_in), d_sae=width, k=k, hook=hook,
                               training_tokens=n_train, seconds=round(seconds / len(todo), 1), fvu=fvu,
                               frac_alive=alive)
-            (out_dir / "train_report.json").write_text(json.dumps({**rep.__dict__, "trained_with": sorted(todo)},
-                                                                  indent=2))
-        reports[n] = TrainReport(**{k_: v for k_, v in json.loads((out_dir / "train_report.json").read_text()).items()
+            (stage / n / "train_report.json").write_text(json.dumps({**rep.__dict__, "trained_with": sorted(todo)},
+                                                                    indent=2))
+        (stage / "complete").write_text("")
+        _finish_pass(stage, where)
+    reports = {}
+    for n in specs:
+        reports[n] = TrainReport(**{k_: v for k_, v in json.loads((where[n] / "train_report.json").read_text()).items()
                                     if k_ in TrainReport.__dataclass_fields__})
     return reports
 

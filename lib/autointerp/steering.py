@@ -117,8 +117,10 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
         rnd = saes.random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k), seed=seed,
                               hook=hook).to(next(sae.parameters()).device)
         picks = firing_latents(subject, rnd, hook, rows, len(out["trained"]), min_rows=2, seed=seed)
+        rec = None if prog is None else Progress(resume, "intervention_random", {
+            "trained": prog.fingerprint, "random_sae": sae_fingerprint(rnd), "rows": random_rows, "picks": picks})
         out[iv.RANDOM_SAE] = iv.random_sae_control(subject, sae, hook, picks, rows, n_prompts=n_prompts,
-                                                   sae_seed=seed, seed=seed,
+                                                   sae_seed=seed, seed=seed, record=rec,
                                                    **{k: v for k, v in kw.items() if k != "seed"})
         secs[iv.RANDOM_SAE] = time.perf_counter() - t0
     return InterventionRun(out, {k: round(v, 1) for k, v in secs.items()}, skipped)
@@ -206,11 +208,15 @@ def prompts_at_random(tokens: np.ndarray, n: int, *, min_len: int = 4, max_len: 
 def known_answer(subject, reader, n_words: int = 6, *, words: Sequence[str] | None = None,
                  n_prompts: int = 6, max_len: int | None = 48, target_kl: float = 0.5,
                  gen_tokens: int = 8, calibration_steps: int = 14, scorer=None, seed: int = 0,
-                 progress: bool = True) -> KnownAnswer:
+                 progress: bool = True, resume: str | Path | None = None) -> KnownAnswer:
     """Score planted output directions (``planted_output_sae``) exactly as ``run_all`` scores a
     latent, on prompts cut from the run's cached rows: the raised-token explanation, the true word
-    and another word (seeded derangement), all on the same generations."""
+    and another word (seeded derangement), all on the same generations. With ``resume`` (a run's
+    ``progress`` folder) each word's steering is kept as it finishes."""
     from tqdm.auto import tqdm
+
+    from .cache import sae_fingerprint
+    from .progress import Progress, recorded
 
     words = tuple(words or KNOWN_WORDS[:n_words])
     if len(words) < 2:
@@ -219,9 +225,12 @@ def known_answer(subject, reader, n_words: int = 6, *, words: Sequence[str] | No
     psae, hook = planted_output_sae(subject, words, seed=seed)
     prompts = prompts_at_random(np.asarray(reader.tokens), n_prompts, max_len=max_len, seed=seed)
     scorer = scorer or subject
-    raised = [iv.score_latent(subject, psae, hook, j, prompts, target_kl=target_kl, n_tokens=gen_tokens,
-                              seed=seed, scorer=scorer, calibration_steps=calibration_steps,
-                              control="known_raised")
+    kw = dict(target_kl=target_kl, n_tokens=gen_tokens, seed=seed, calibration_steps=calibration_steps)
+    prog = None if resume is None else Progress(resume, "known_answer", {
+        "sae": sae_fingerprint(psae), "hook": hook, "words": words, "scorer": getattr(scorer, "name", None),
+        "prompts": [p.tolist() for p in prompts], **kw})
+    raised = [recorded(prog, str(j), lambda: iv.score_latent(subject, psae, hook, j, prompts, scorer=scorer,
+                                                              control="known_raised", **kw))
               for j in tqdm(range(len(words)), desc="known answer", disable=not progress)]
     true = [iv.rescore(r, w.strip(), scorer, control="known_true") for r, w in zip(raised, words)]
     shuf = [dataclasses.replace(r, control="known_shuffled") for r in iv.shuffled_control(true, scorer, seed=seed)]

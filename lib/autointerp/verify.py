@@ -78,6 +78,7 @@ def verify(run_dir: str | Path) -> Report:
         else:
             rep.not_run.append(ch)
     _check_cache(rd, run, rep)
+    _interrupted(rd, rep)
     expected = _expected_identity(rd.root)
     files = sorted(rd.root.glob("*.jsonl")) + sorted(rd.root.glob("scores/*.jsonl")) + sorted(
         rd.root.glob("variants/*/*.jsonl")) + sorted(rd.root.glob("variants/*/scores/*.jsonl")) + sorted(
@@ -115,6 +116,19 @@ def verify(run_dir: str | Path) -> Report:
     if llms:
         rep.notes.append("LLMs used: " + ", ".join(f"{m} ({n} files)" for m, n in llms.items()))
     return rep
+
+
+def _interrupted(rd: RunDir, rep: Report) -> None:
+    """What a killed process left: a training pass's staging folder, temporary files of atomic writes."""
+    for stage in sorted({*rd.root.glob("**/.training*"), *rd.root.glob("**/.*.training")}):
+        done = (stage / "complete").exists()
+        rep.notes.append(f"{stage.relative_to(rd.root)}: an interrupted SAE training pass ("
+                         + ("finished; its SAEs are moved into place" if done else "not finished; it is trained again")
+                         + " when its chapter is rerun)")
+    tmp = sorted(p.relative_to(rd.root) for p in rd.root.rglob("*.tmp"))
+    if tmp:
+        rep.notes.append(f"{len(tmp)} temporary file(s) left by a killed write ({', '.join(map(str, tmp[:3]))}): "
+                         "the files they were replacing are intact; the next write replaces them")
 
 
 def _check_cache(rd: RunDir, run: dict, rep: Report) -> None:

@@ -168,7 +168,7 @@ def run_with_control(scorer: Scorer, explanations: Mapping[int, str],
     in chunks of ``chunk`` and each finished latent is recorded there (``progress.Progress``), so
     a killed run resumes where it stopped, with identical results."""
     t0 = time.perf_counter()
-    if resume is None or explanations is None or getattr(scorer, "score_control", None) is not None:
+    if resume is None:
         real = scorer.score(explanations, examples)
         control = score_control(scorer, explanations, examples, seed=seed)
     else:
@@ -178,27 +178,49 @@ def run_with_control(scorer: Scorer, explanations: Mapping[int, str],
                     round(time.perf_counter() - t0, 2), metric)
 
 
-def _resumable(scorer: Scorer, explanations: Mapping[int, str], examples: Mapping[int, Sequence[Window]],
+def _resumable(scorer: Scorer, explanations: Mapping[int, str] | None, examples: Mapping[int, Sequence[Window]],
                seed: int, root: Path, chunk: int) -> tuple[list[ScorerResult], list[ScorerResult]]:
-    """Real and shuffled-control results chunk by chunk, each latent's pair kept as it finishes."""
-    from ..progress import Progress, result_from, settled
+    """Real and control results chunk by chunk, each latent's pair kept as it finishes. A scorer
+    with its own control (the intruder tests: ``explanations`` None) has its trials built once
+    from every latent, as without ``resume``, then judged chunk by chunk."""
+    from ..progress import Progress
 
-    keys = sorted(explanations)
-    shuffled = shuffled_explanations(explanations, seed)
     settings, prompt_hash = scorer_settings(scorer)
-    prog = Progress(root, scorer.name, {
-        "scorer": scorer.name, "settings": settings, "prompt_hash": prompt_hash, "seed": seed, "chunk": chunk,
-        "explanations": [[k, explanations[k], shuffled[k]] for k in keys],
-        "examples": results.digest({str(k): results.plain(list(examples[k])) for k in keys})})
+    common = {"scorer": scorer.name, "settings": settings, "prompt_hash": prompt_hash, "seed": seed, "chunk": chunk}
+    if getattr(scorer, "score_trials", None) is not None:
+        keys = sorted(examples)
+        trials = {False: scorer.trials(examples), True: scorer.trials(examples, control=True)}
+        prog = Progress(root, scorer.name, {**common, "trials": results.digest(results.plain(trials[False] + trials[True]))})
+
+        def score_part(part: list[int]) -> tuple[list[ScorerResult], list[ScorerResult]]:
+            return tuple(scorer.score_trials([t for t in trials[c] if t.latent in part]) for c in (False, True))
+    else:
+        keys = sorted(explanations)
+        shuffled = shuffled_explanations(explanations, seed)
+        prog = Progress(root, scorer.name, {
+            **common, "explanations": [[k, explanations[k], shuffled[k]] for k in keys],
+            "examples": results.digest({str(k): results.plain(list(examples[k])) for k in keys})})
+
+        def score_part(part: list[int]) -> tuple[list[ScorerResult], list[ScorerResult]]:
+            exs = {k: examples[k] for k in part}
+            return (scorer.score({k: explanations[k] for k in part}, exs),
+                    [dataclasses.replace(x, control=SHUFFLED, usage={**x.usage, "shuffle_seed": seed})
+                     for x in scorer.score({k: shuffled[k] for k in part}, exs)])
+    return _by_chunk(prog, keys, chunk, score_part)
+
+
+def _by_chunk(prog, keys: Sequence[int], chunk: int, score_part) -> tuple[list[ScorerResult], list[ScorerResult]]:
+    """``score_part(latents) -> (real, control)`` over chunks of ``keys``; a chunk with an
+    unfinished latent is scored whole again (the same batches as a fresh run), and each latent
+    whose calls all came back is recorded in ``prog``."""
+    from ..progress import result_from, settled
+
     real, control = [], []
     for i in range(0, len(keys), chunk):
-        part = keys[i:i + chunk]
+        part = list(keys[i:i + chunk])
         recs = {k: prog.get(str(k)) for k in part}
-        if any(v is None for v in recs.values()):  # the whole chunk again: the same batches as a fresh run
-            exs = {k: examples[k] for k in part}
-            r = {x.latent: x for x in scorer.score({k: explanations[k] for k in part}, exs)}
-            c = {x.latent: dataclasses.replace(x, control=SHUFFLED, usage={**x.usage, "shuffle_seed": seed})
-                 for x in scorer.score({k: shuffled[k] for k in part}, exs)}
+        if any(v is None for v in recs.values()):
+            r, c = ({x.latent: x for x in side} for side in score_part(part))
             for k in part:
                 recs[k] = {"real": results.plain(r.get(k)), "control": results.plain(c.get(k))}
                 if settled(r.get(k)) and settled(c.get(k)):

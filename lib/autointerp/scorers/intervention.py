@@ -409,21 +409,21 @@ def shuffled_control(results: Sequence[ScorerResult], scorer, *,
 
 def random_sae_control(subject, sae, hook: str, latents: Sequence[int], tokens: np.ndarray, *,
                        n_prompts: int = 8, min_len: int = 4, sae_seed: int = 0, seed: int = 0,
-                       **kw: Any) -> list[ScorerResult]:
+                       record=None, **kw: Any) -> list[ScorerResult]:
     """The whole pipeline with ``saes.random_sae`` of the same width and k as ``sae``; prompts come
-    from ``tokens`` rows where each random latent fires. Latents firing nowhere are skipped."""
+    from ``tokens`` rows where each random latent fires. Latents firing nowhere are skipped.
+    ``record`` (a ``progress.Progress``) keeps each latent's result as it finishes."""
     from .. import saes
+    from ..progress import recorded
 
     rnd = saes.random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k), seed=sae_seed,
                           hook=hook).to(next(sae.parameters()).device)
-    out = []
-    for j in latents:
-        prompts = prompts_from_rows(subject, rnd, hook, tokens, j, n_prompts, min_len=min_len,
-                                    seed=seed)
-        if prompts:
-            out.append(score_latent(subject, rnd, hook, j, prompts, seed=seed,
-                                    control=RANDOM_SAE, **kw))
-    return out
+
+    def one(j: int) -> ScorerResult | None:
+        prompts = prompts_from_rows(subject, rnd, hook, tokens, j, n_prompts, min_len=min_len, seed=seed)
+        return score_latent(subject, rnd, hook, j, prompts, seed=seed, control=RANDOM_SAE, **kw) if prompts else None
+
+    return [r for j in latents if (r := recorded(record, str(j), lambda: one(j))) is not None]
 
 
 __all__ = ["TEMPLATE", "NAME", "RANDOM_SAE", "SHUFFLED", "Calibration", "prompts_from_cache",
