@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -53,6 +54,17 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _run_here(script: Path, *args: str) -> None:
+    """The uninterrupted reference run, in this process (torch and the model are imported already:
+    a subprocess fewer per test). The killed runs and their reruns are subprocesses."""
+    argv = sys.argv
+    sys.argv = [str(script), *args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -71,7 +83,7 @@ cache.build_cache(Path(sys.argv[1]), subject, sae, "model.layers.4", rows, sae_i
 def test_caching_killed_then_rerun_gives_the_same_bytes(tmp_path):
     script = _script(tmp_path, "cache_stage", CACHE)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run([sys.executable, str(script), str(whole)])
+    _run_here(script, str(whole))
     shards = killed / "shards"
     _kill_when([sys.executable, str(script), str(killed)],
                lambda: shards.exists() and len(list(shards.glob("*.npz"))) >= 3)
@@ -161,18 +173,22 @@ def test_a_scorer_killed_then_rerun_scores_only_the_rest_and_gives_the_same_resu
     results equal an uninterrupted run's."""
     script = _script(tmp_path, "score_stage", SCORE)
     with AnyJudge(lifetime_s=600, delay_s=0.02) as srv:
-        _run([sys.executable, str(script), name, srv.base_url, str(tmp_path / "whole.jsonl"), str(tmp_path / "p_whole"), str(n)])
+        _run_here(script, name, srv.base_url, str(tmp_path / "whole.jsonl"), str(tmp_path / "p_whole"), str(n))
         full = srv.n_calls
     progress = tmp_path / "p_killed"
     with AnyJudge(lifetime_s=600, delay_s=0.02) as srv:
         cmd = [sys.executable, str(script), name, srv.base_url, str(tmp_path / "killed.jsonl"), str(progress), str(n)]
-        _kill_when(cmd, lambda: len(list(progress.rglob("*.json"))) >= n // 4)
+        _kill_when(cmd, lambda: len(list(progress.rglob("*.json"))) >= max(4, n // 4))  # a chunk or more done
         first = srv.n_calls
         kept = {p: p.stat().st_mtime_ns for p in progress.rglob("*.json")}
-        assert n // 4 <= len(kept) < n
+        assert max(4, n // 4) <= len(kept) < n
         _run(cmd)
         second = srv.n_calls - first
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # not scored again
+    by_chunk: dict[int, list[Path]] = {}
+    for path in kept:
+        by_chunk.setdefault(int(path.stem) // 4, []).append(path)
+    whole_chunks = [p for ps in by_chunk.values() if len(ps) == 4 for p in ps]  # a kill may fall between a chunk's records
+    assert whole_chunks and all(p.stat().st_mtime_ns == kept[p] for p in whole_chunks)  # not scored again
     if full:  # an LLM judge: only the rest was asked, and at most the chunk in flight twice
         assert 0 < second < full and first + second <= full + full // (n // 4)
     assert _no_seconds(_records(tmp_path / "killed.jsonl")) == _no_seconds(_records(tmp_path / "whole.jsonl"))
@@ -193,7 +209,7 @@ def test_explaining_killed_then_rerun_sends_only_the_rest_and_gives_the_same_exp
     script = _script(tmp_path, "explain_stage", EXPLAIN)
     answer = ("good", "[EXPLANATION]: Mentions of opening a file")
     with FaultServer(default=answer, lifetime_s=600, delay_s=0.02) as srv:
-        _run([sys.executable, str(script), srv.base_url, str(tmp_path / "whole")])
+        _run_here(script, srv.base_url, str(tmp_path / "whole"))
         full = srv.n_calls
     cache = tmp_path / "killed" / "llm_cache"
     with FaultServer(default=answer, lifetime_s=600, delay_s=0.02) as srv:
@@ -265,7 +281,7 @@ def test_steering_and_its_controls_killed_then_rerun_steer_only_the_rest_and_giv
     last one ends with the scores of an uninterrupted run."""
     script = _script(tmp_path, "steer_stage", STEER)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run([sys.executable, str(script), str(whole)])
+    _run_here(script, str(whole))
     progress = killed / "progress"
 
     def counts() -> dict[str, int]:
@@ -327,7 +343,7 @@ def test_alignment_killed_mid_training_and_mid_publishing_then_rerun_gives_the_s
     being moved into place leaves whole SAEs only, and the rerun finishes the moves without training."""
     script = _script(tmp_path, "align_stage", ALIGN)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run([sys.executable, str(script), str(whole)])
+    _run_here(script, str(whole))
     names = sorted(p.name for p in (whole / "layers").iterdir())
     assert len(names) == 6 and not (whole / "layers" / ".training").exists()
 
@@ -378,7 +394,7 @@ def test_a_baseline_variant_killed_while_steering_then_rerun_redoes_nothing_fini
     steered latents, and ends with the scores of an uninterrupted run."""
     script = _script(tmp_path, "variant_stage", VARIANT)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run([sys.executable, str(script), str(whole)])
+    _run_here(script, str(whole))
     proc = subprocess.run([sys.executable, str(script), str(killed), "kill=iv.score_latent:2"], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     vdir = killed / "variants" / "random_sae"
@@ -420,7 +436,7 @@ def test_the_findings_killed_mid_write_keep_the_previous_file_and_the_rerun_writ
     untouched (never half-written), and the rerun writes what an uninterrupted run writes."""
     script = _script(tmp_path, "findings_stage", FINDINGS)
     whole, killed = _findings_run(tmp_path / "whole"), _findings_run(tmp_path / "killed")
-    _run([sys.executable, str(script), str(whole)])
+    _run_here(script, str(whole))
     previous = b'{"findings": "from an earlier run"}'
     (killed / "findings.json").write_bytes(previous)
     proc = subprocess.run([sys.executable, str(script), str(killed), "kill=os.replace:1"], capture_output=True, text=True)
