@@ -35,6 +35,10 @@ FAULT_KINDS: dict[str, Any] = {  # kind -> action; "timeout" sleeps longer than 
     "wrong_length": ("wrong_length",), "drop": ("drop",)}
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the listen backlog: 128 clients connecting at once are all accepted
+
+
 class FaultServer:
     def __init__(self, script: list[Any] | None = None, *, lifetime_s: float = 60.0,
                  default: Any = ("good",), fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0) -> None:
@@ -58,7 +62,7 @@ class FaultServer:
             def do_POST(self) -> None:
                 owner._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

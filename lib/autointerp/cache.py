@@ -195,22 +195,31 @@ class ShardWriter:
 
 def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *, sae_id: str,
                 corpus_hash: str, first_pos: int = 1, batch_size: int = 16,
-                shard_rows: int = 256, progress: bool = True) -> "CacheReader":
-    """Cache the SAE's non-zero activations over ``tokens`` rows; resumes an interrupted run."""
+                shard_rows: int = 256, progress: bool = True, rank: int = 0, world_size: int = 1,
+                barrier: Callable[[], None] | None = None) -> "CacheReader":
+    """Cache the SAE's non-zero activations over ``tokens`` rows; resumes an interrupted run.
+    As one of ``world_size`` ranks (``autointerp.distributed``), this process computes the missing
+    shards ``i % world_size == rank``; after ``barrier()`` rank 0 builds the index and stats."""
     cache_dir = Path(cache_dir)
+    wait = barrier or (lambda: None)
     n_rows, ctx_len = tokens.shape
     manifest = CacheManifest(model=subject.name, hook=hook, sae_id=sae_id,
                              sae_hash=sae_fingerprint(sae), d_sae=int(sae.cfg.d_sae),
                              ctx_len=int(ctx_len), n_rows=int(n_rows), shard_rows=int(shard_rows),
                              corpus_hash=corpus_hash, first_pos=int(first_pos))
-    _prepare(cache_dir, manifest, tokens)
+    if rank == 0:
+        _prepare(cache_dir, manifest, tokens)
+    wait()
+    if rank != 0:  # the folder is rank 0's to clean; the others only check its manifest
+        _prepare(cache_dir, manifest, tokens, clean=False)
     shard_dir = cache_dir / "shards"
-    todo = [i for i in range(manifest.n_shards) if not _shard_path(shard_dir, i).exists()]
+    todo = [i for i in range(rank, manifest.n_shards, world_size) if not _shard_path(shard_dir, i).exists()]
     writer = ShardWriter()
     # Per-latent counts of the shards made here spare build_index a pass (a resumed run recounts).
     counts = np.zeros(manifest.d_sae, np.int64) if len(todo) == manifest.n_shards else None
-    bar = tqdm(total=n_rows * ctx_len, unit="tok", desc="caching", disable=not progress)
-    bar.update((manifest.n_shards - len(todo)) * shard_rows * ctx_len)
+    mine = len(range(rank, manifest.n_shards, world_size))
+    bar = tqdm(total=mine * shard_rows * ctx_len, unit="tok", desc="caching", disable=not progress)
+    bar.update((mine - len(todo)) * shard_rows * ctx_len)
     try:
         for i in todo:
             lo, hi = i * shard_rows, min((i + 1) * shard_rows, n_rows)
@@ -227,10 +236,13 @@ def build_cache(cache_dir: Path, subject, sae, hook: str, tokens: np.ndarray, *,
         writer.join()
     finally:
         bar.close()
-    if not (cache_dir / "index" / "ptr.npy").exists():
-        build_index(cache_dir, manifest, counts=counts)
-    elif not (cache_dir / "stats.npz").exists():  # stopped between the index and the stats
-        _write_stats(cache_dir, manifest, 50)
+    wait()  # every rank's shards are written
+    if rank == 0:
+        if not (cache_dir / "index" / "ptr.npy").exists():
+            build_index(cache_dir, manifest, counts=counts)
+        elif not (cache_dir / "stats.npz").exists():  # stopped between the index and the stats
+            _write_stats(cache_dir, manifest, 50)
+    wait()
     return CacheReader(cache_dir)
 
 
@@ -238,11 +250,12 @@ def _shard_path(shard_dir: Path, i: int) -> Path:
     return shard_dir / f"shard_{i:05d}.npz"
 
 
-def _prepare(cache_dir: Path, manifest: CacheManifest, tokens: np.ndarray) -> None:
-    """Create the cache folder, or check that an existing one was made with the same settings."""
+def _prepare(cache_dir: Path, manifest: CacheManifest, tokens: np.ndarray, clean: bool = True) -> None:
+    """Create the cache folder (``clean``: removing what a killed write left), or check that an
+    existing one was made with the same settings."""
     shard_dir = cache_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(cache_dir.rglob("*.tmp")):  # leftovers of an interrupted write (parents first)
+    for stale in sorted(cache_dir.rglob("*.tmp")) if clean else ():  # leftovers of an interrupted write (parents first)
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale)  # index.tmp/: a killed build_index
         elif os.path.lexists(stale):  # not inside a folder removed above
@@ -437,9 +450,10 @@ class CacheReader:
         return wins
 
 
-def for_run(cfg, subject, sae, packed, progress: bool = True) -> CacheReader:
-    """Cache the run's first ``n_tokens`` of the packed corpus into ``<run>/cache`` (resumable)."""
+def for_run(cfg, subject, sae, packed, progress: bool = True, **ranks) -> CacheReader:
+    """Cache the run's first ``n_tokens`` of the packed corpus into ``<run>/cache`` (resumable;
+    ``ranks``: ``build_cache``'s rank, world_size and barrier)."""
     rows = packed.tokens[: cfg.n_tokens // cfg.ctx_len]
     return build_cache(cfg.path.cache_dir, subject, sae, cfg.hook, rows, sae_id=cfg.sae,
                        corpus_hash=packed.content_hash, first_pos=packed.first_pos,
-                       batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, progress=progress)
+                       batch_size=cfg.batch_size, shard_rows=cfg.shard_rows, progress=progress, **ranks)
