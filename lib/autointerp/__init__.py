@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus", "saes", "cache",
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
            "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings",
-           "completion", "selection", "agreement", "lab", "labview", "report", "export", "verify", "progress", "distributed"}
+           "completion", "selection", "agreement", "lab", "labview", "report", "export", "verify", "progress", "distributed",
+           "plain_explainers"}
 
 
 def dashboard(run_dir, latent: int | None = None, **kwargs):

@@ -165,6 +165,62 @@ def explanations_from(rows: Iterable[Mapping[str, Any]]) -> list[Explanation]:
     return [Explanation(**e) for row in rows for e in row["explanations"]]
 
 
+# -- the cache's records (``cache``) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class CacheManifest:
+    model: str
+    hook: str
+    sae_id: str
+    sae_hash: str
+    d_sae: int
+    ctx_len: int
+    n_rows: int
+    shard_rows: int
+    corpus_hash: str
+    first_pos: int = 1  # positions before this (BOS) are not cached
+
+    @property
+    def n_cached_tokens(self) -> int:
+        return self.n_rows * (self.ctx_len - self.first_pos)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_rows)
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    """Per-latent summary of a finished cache (arrays of length d_sae)."""
+
+    count: np.ndarray  # tokens on which the latent fires
+    max_act: np.ndarray
+    mean_act: np.ndarray  # mean over the tokens where it fires
+    top_token_share: np.ndarray  # share of its top activations that land on its most common token
+    n_tokens: int
+
+    @property
+    def firing_rate(self) -> np.ndarray:
+        return self.count / self.n_tokens
+
+    @property
+    def dead(self) -> np.ndarray:
+        return self.count == 0
+
+    def single_token(self, share: float = 0.8) -> np.ndarray:
+        """Latents whose top activations mostly sit on one token id."""
+        return (self.top_token_share >= share) & ~self.dead
+
+    def summary(self) -> dict[str, float]:
+        alive = ~self.dead
+        return {"n_latents": int(self.count.size), "n_tokens": self.n_tokens,
+                "frac_alive": float(alive.mean()),
+                "frac_firing_gt_1pct": float((self.firing_rate > 0.01).mean()),
+                "frac_firing_gt_10pct": float((self.firing_rate > 0.10).mean()),
+                "frac_single_token": float(self.single_token().mean()),
+                "mean_l0": float(self.count.sum() / self.n_tokens)}
+
+
 __all__ = ["ACTIVATING", "WINDOW_KINDS", "activation_levels", "Window", "window_text",
            "LatentExamples", "Explanation", "ScoredExample", "ScorerResult", "window_from",
-           "latent_examples_from", "explanations_from"]
+           "latent_examples_from", "explanations_from",
+           "CacheManifest", "LatentStats"]
