@@ -1,7 +1,7 @@
 """autointerp: automated interpretability of language-model features, one notebook per stage.
 
 Modules are imported on first use (``import autointerp as ai; ai.cache``). The pipeline's
-stages: models, corpus, saes, cache, examples (+ neighbours), explain (+ explanations), scorers, planted,
+stages: models, corpus, saes (+ sae_formats: sparsify and Gemma Scope folders), cache, examples (+ neighbours), explain (+ explanations), scorers, planted,
 baselines (neurons and random controls through the same stages), alignment (latents matched across SAEs), layers (the SAE family chapter 09 matches),
 completion (the completion-mode explainer), selection (best-of-k and refinement by a cheap scorer), agreement
 (how far the scorers agree), findings (the claims table and its regression check),
@@ -11,6 +11,8 @@ The shape they share:
 config (the settings table), rundir (the run-directory layout), records (what flows between
 stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
 Chapter glue: chapter (a chapter's preamble), scoring, judging, steering, widgets, run.
+Scale: distributed (sharded caching on torchrun), synthetic (random Gemma-2 and Gemma Scope SAEs in
+their real formats, for offline tests and benchmarks).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus"
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
            "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings",
            "completion", "selection", "agreement", "lab", "labview", "report", "export", "verify", "progress", "distributed",
-           "plain_explainers"}
+           "plain_explainers", "sae_formats", "synthetic"}
 
 
 def dashboard(run_dir, latent: int | None = None, **kwargs):

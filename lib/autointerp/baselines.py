@@ -9,7 +9,7 @@ explanations -> scorers with the same rows, settings and seeds, in its own run d
 - ``narrow``: an SAE trained the same way with a quarter of the width (wider vs narrower);
 - ``mlp``: an SAE trained the same way on the MLP output of the same layer (residual vs MLP);
 - ``neurons``: the MLP's hidden units of the SAE's layer, top-k per token (``saes.neuron_sae``);
-- ``random_sae``: a random SAE of the same width and k (``saes.random_sae``);
+- ``random_sae``: a random SAE of the same width and k, or L0 (``saes.random_like``);
 - ``random_model``: an SAE trained the same way on a randomly initialised copy of the model.
 
 Trained variants may instead come from ``sources`` (name -> an SAE spec for ``saes.load``: a folder
@@ -87,8 +87,9 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
         sae, hook = saes.neuron_sae(subject, layer, k=k)
         return sae, hook, subject, {"source": f"neurons of layer {layer}"}
     if name == "random_sae":
-        sae = saes.random_sae(subject.hook_dim(cfg.hook), width, k, seed=cfg.seed, hook=cfg.hook)
-        return sae.to(subject.device), cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
+        run_sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)  # its width and k (or L0)
+        sae = saes.random_like(run_sae, subject, cfg.hook, packed.tokens, seed=cfg.seed)
+        return sae, cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
     hooks = {"narrow": cfg.hook, "mlp": mlp_hook(subject, cfg.hook), "sae": cfg.hook, "random_model": cfg.hook}
     if sources and name in sources:
         spec = sources[name].format(layer=layer)
@@ -169,6 +170,9 @@ def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, 
     sizes plus ``n_latents``), intervention with ``steer_scorer`` (default: ``subject``) reading the
     explanations. Scores go to ``variants/<name>/scores/<scorer>.jsonl``."""
     t0 = time.perf_counter()
+    def k_of(sae) -> int:  # a TopK SAE's k, a JumpReLU's mean L0 on the first rows
+        return saes.active_k(sae, reader_model, hook, packed.tokens)
+
     sae, hook, reader_model, info = build_variant(cfg, name, subject, packed, train_tokens=train_tokens,
                                                   sources=sources, progress=progress)
     vdir = cfg.path.variant(name)
@@ -186,7 +190,7 @@ def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, 
         note = (f"only {len(lexs)} of its latents fire in {settings.min_examples} windows of {n_tokens:,} tokens "
                 f"while firing on at most {max_rate:.0%} of tokens. Cache more tokens (n_tokens), raise max_rate "
                 "or lower min_examples.")
-        return VariantResult(name, hook, int(sae.cfg.d_sae), cfg.sae_k, info, {}, skipped,
+        return VariantResult(name, hook, int(sae.cfg.d_sae), k_of(sae), info, {}, skipped,
                              round(time.perf_counter() - t0, 1), note)
     latents = [x.latent for x in lexs]
     decode = examples.TokenDecoder(subject.tokenizer)
@@ -210,7 +214,7 @@ def run_variant(cfg, name: str, subject, packed, scorers: Mapping[str, Any], *, 
                       steered_model=reader_model.name)
         except ValueError as err:  # fewer than 2 latents could be steered: a result, the others still run
             missing[INTERVENTION] = str(err)
-    return VariantResult(name, hook, int(sae.cfg.d_sae), cfg.sae_k, info, runs, skipped,
+    return VariantResult(name, hook, int(sae.cfg.d_sae), k_of(sae), info, runs, skipped,
                          round(time.perf_counter() - t0, 1), missing=missing)
 
 

@@ -101,7 +101,7 @@ def sparse_encode(sae, hidden: torch.Tensor, row0: int, first_pos: int = 0) -> d
         if sae.cfg.rescale_acts_by_decoder_norm:
             pre = pre * sae.W_dec.norm(dim=-1)
         vals, idx = torch.topk(pre, k=k, dim=-1, sorted=False)
-        vals = vals[:, first_pos:].relu().cpu().numpy()
+        vals = vals[:, first_pos:].relu().float().cpu().numpy()  # numpy has no bfloat16
         idx = idx[:, first_pos:].cpu().numpy()
     order = np.argsort(idx, axis=-1)  # latents ascending within a token, as nonzero() orders them
     lat, val = np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)

@@ -1,7 +1,7 @@
 """Settings: THE table of every stage's profile defaults, one resolver, and the run's config.
 
 A profile is a coherent set of defaults (``smoke`` for tests, ``demo`` for the README's main
-command, ``full`` for paper scale on a GPU). Every knob can be overridden one by one; ``None``
+command, ``full`` for paper scale on a GPU, ``mini`` for the full profile's formats at smoke sizes). Every knob can be overridden one by one; ``None``
 means "take the profile's value". ``settings(section, profile, **overrides)`` resolves one stage;
 ``python -m autointerp.config --profile demo`` prints every stage's resolved settings. The run's
 own settings (``RunConfig``: model, corpus, hook, SAE, cache) are written to ``run.json`` by
@@ -58,12 +58,20 @@ class RunConfig:
         return str(self.path.sae_dir) if self.sae == "train" else self.sae
 
 
-PROFILE_NAMES = ("smoke", "demo", "full")
+PROFILE_NAMES = ("smoke", "demo", "full", "mini")
+# A profile may start from another's values (then its own entries override them): ``mini`` is the
+# full profile's shape at smoke sizes (a local HF-folder model, a loaded SAE, bfloat16, loaded SAE
+# sources in chapters 08/09, surprisal among the baselines' scorers, judges only after their exam)
+# for running every chapter on the full profile's formats in minutes: the tests give it a random
+# Gemma-2 folder and a Gemma Scope JumpReLU SAE (``autointerp.synthetic``).
+BASE_PROFILE = {"mini": "smoke"}
 # the LLM-judge chapters' sizes (03 detection, 04 fuzzing): latents, excerpts, planted exam
 _JUDGE: dict[str, dict[str, Any]] = {
     "smoke": dict(n_latents=3, n_pos=2, n_neg=2, planted_latents=3, planted_examples=2),
     "demo": dict(n_latents=5, n_pos=3, n_neg=3, planted_latents=5, planted_examples=2),
     "full": dict(planted_latents=8, planted_examples=20),
+    # mini runs the judges' code on the full profile's formats; the LLM calls are smoke's, fewer
+    "mini": dict(n_latents=3, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
 }
 
 # THE settings table: every profile default of every stage and scorer, a section per stage.
@@ -85,6 +93,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                      corpus="hf:EleutherAI/fineweb-edu-dedup-10b:train", sae_width=131072, sae_k=64,
                      ctx_len=256, n_tokens=10_000_000, batch_size=32, shard_rows=4096,
                      device="cuda", dtype="bfloat16"),
+        # model and sae: pass a local HF folder and an SAE folder (the tests: autointerp.synthetic)
+        "mini": dict(dtype="bfloat16", n_tokens=32_768),
     },
     # notebook 02: example windows (examples.ExampleSettings; smoke has ~250 windows per latent
     # at most, and the 135M local explainer reads short prompts best; full is the reference)
@@ -98,6 +108,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(n_latents=4, max_tokens=48),
         "demo": dict(n_latents=10, max_tokens=64),
         "full": dict(n_latents=200, max_tokens=200),
+        "mini": dict(n_latents=3),
     },
     # notebooks 03-06, shared: latents to score, test examples per latent, planted-control size
     "scoring": {
@@ -115,7 +126,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # model), ~1.5-3 s each on 2 cores: the demo keeps the 5 latents a claim needs
     # (metrics.MIN_LATENTS_FOR_CLAIM) and few excerpts; a real endpoint with the full profile uses
     # the reference's sizes. n_trials: intruder trials per latent (chapter 03).
-    "detection": {p: {**_JUDGE[p], "n_trials": n} for p, n in (("smoke", 1), ("demo", 1), ("full", 10))},
+    "detection": {p: {**_JUDGE[p], "n_trials": n} for p, n in (("smoke", 1), ("demo", 1), ("full", 10), ("mini", 1))},
     "fuzzing": _JUDGE,
     "simulation": {
         "smoke": dict(n_latents=2, n_pos=1, n_neg=1, planted_latents=2, planted_examples=1),
@@ -131,6 +142,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(n_latents=3, k=2, n_pos=10, n_neg=10, rounds=1, max_tokens=48),
         "demo": dict(n_latents=6, k=2, n_pos=20, n_neg=20, rounds=1, max_tokens=64),
         "full": dict(n_latents=100, k=5, n_pos=50, n_neg=50, rounds=3, max_tokens=200),
+        "mini": dict(n_latents=2, k=1),
     },
     # notebook 12 (the lab): examples per quantile on a feature page, steering prompts and sampled
     # tokens (the report and the export cover the latents the run explained or scored)
@@ -166,6 +178,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                      sources=dict(narrow="sae-lens:gemma-scope-9b-pt-res-canonical/layer_{layer}/width_16k/canonical",
                                   mlp="sae-lens:gemma-scope-9b-pt-mlp-canonical/layer_{layer}/width_131k/canonical"),
                      steer=dict(n_latents=100, n_prompts=20, max_len=None, gen_tokens=8, calibration_steps=14)),
+        # sources: pass {"narrow": ..., "mlp": ...} SAE folders ({layer} filled in), as full takes releases
+        "mini": dict(n_tokens=32_768, n_latents=4, scorers=("embedding", "surprisal", "intervention"),
+                     judges=("detection", "fuzzing"), judges_when="exam passed", train_tokens=None,
+                     steer=dict(n_latents=2, n_prompts=3, max_len=24, gen_tokens=4, calibration_steps=8)),
     },
     # notebook 09: the SAE family (residual + MLP at n_layers adjacent layers, a twin, a narrow
     # one), trained together on train_tokens; rows for the token-list explanations of matched pairs
@@ -224,17 +240,20 @@ def known_settings(section: str) -> list[str]:
 
 def settings(section: str, profile: str, **overrides: Any) -> dict[str, Any]:
     """One section's settings for a profile: its parent's ("scoring" for a scorer), then its own
-    ("all", then the profile's), then every override that is not None. Unknown names are an error."""
+    ("all", then the base profile's if it has one, then the profile's), then every override that is
+    not None. Unknown names are an error."""
     _check_profile(profile)
     known = known_settings(section)
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(f"Unknown setting(s) {unknown} for {section}; known: {known}.")
+    chain = [p for p in (BASE_PROFILE.get(profile), profile) if p]
     out: dict[str, Any] = {}
     for s in (PARENT.get(section), section):
         if s:
             out.update(SETTINGS[s].get("all", {}))
-            out.update(SETTINGS[s].get(profile, {}))
+            for p in chain:
+                out.update(SETTINGS[s].get(p, {}))
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
 

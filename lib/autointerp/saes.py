@@ -3,8 +3,9 @@
 The ``sae`` setting picks the source:
 - ``"train"``: train a TopK SAE with sae-lens's training runner on the run's model and corpus and
   save it (sae-lens format) in ``<run>/sae``; a later run finds it there and does not retrain.
-- a folder: an sae-lens folder (``cfg.json`` + ``sae_weights.safetensors``) or a sparsify folder
-  (``cfg.json`` + ``sae.safetensors``), told apart by their weight file.
+- a folder: an sae-lens folder (``cfg.json`` + ``sae_weights.safetensors``), a sparsify folder
+  (``cfg.json`` + ``sae.safetensors``) or a Gemma Scope folder (``params.npz``), told apart by their
+  weight file (``sae_formats`` reads the last two).
 - ``"sae-lens:RELEASE/SAE_ID"``: ``SAE.from_pretrained`` (needs the hub).
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
+from . import sae_formats
 from .paths import HubUnreachable, hub_reachable
 
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
-SPARSIFY_WEIGHTS = "sae.safetensors"
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
     path = Path(spec).expanduser()
     if (path / SAE_LENS_WEIGHTS).exists():
         sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
-    elif (path / SPARSIFY_WEIGHTS).exists():
-        sae = SAE.load_from_disk(str(path), device=device, dtype=dtype, converter=sparsify_loader)
+    elif (path / sae_formats.SPARSIFY_WEIGHTS).exists():
+        sae = SAE.load_from_disk(str(path), device=device, dtype=dtype, converter=sae_formats.sparsify_loader)
+    elif (path / sae_formats.GEMMA_SCOPE_WEIGHTS).exists():
+        sae = sae_formats.load_gemma_scope(path).to(device)
     elif path.is_dir():
         raise ValueError(
-            f"{path} is not an SAE folder: expected {SAE_LENS_WEIGHTS} (sae-lens) or "
-            f"{SPARSIFY_WEIGHTS} (sparsify) next to a cfg.json."
+            f"{path} is not an SAE folder: expected {SAE_LENS_WEIGHTS} (sae-lens), "
+            f"{sae_formats.SPARSIFY_WEIGHTS} (sparsify) next to a cfg.json, or "
+            f"{sae_formats.GEMMA_SCOPE_WEIGHTS} (Gemma Scope)."
         )
     else:
         raise ValueError(
@@ -97,31 +101,6 @@ def _check_registry(release: str, sae_id: str) -> None:
         raise ValueError(f"Release {release!r} has no SAE {sae_id!r}. Close: {close or ids[:5]}.")
 
 
-def sparsify_loader(path, device: str = "cpu", cfg_overrides: dict | None = None):
-    """sae-lens disk converter for EleutherAI sparsify folders, with two corrections.
-
-    sae-lens 6.54's ``sparsify_disk_loader`` transposes ``W_dec``, which sparsify already stores as
-    [num_latents, d_in] (sae-lens's own layout), and skips subtracting ``b_dec`` before encoding
-    whenever ``normalize_decoder`` is set, while sparsify subtracts it for every non-transcoder.
-    We keep its config translation and read the weights as sparsify's ``encode``/``decode`` use them.
-    """
-    from safetensors.torch import load_file
-    from sae_lens.loading.pretrained_sae_loaders import get_sparsify_config_from_disk
-
-    cfg = get_sparsify_config_from_disk(path, device, cfg_overrides)
-    raw_cfg = json.loads((Path(path) / "cfg.json").read_text())
-    if raw_cfg.get("activation", "topk") != "topk" or raw_cfg.get("transcode", False):
-        raise ValueError(f"{path}: only sparsify TopK autoencoders are supported "
-                         f"(this one has activation={raw_cfg.get('activation')!r}, "
-                         f"transcode={raw_cfg.get('transcode', False)}).")
-    cfg["apply_b_dec_to_input"] = True
-    dtype = getattr(torch, str(cfg.get("dtype", "float32")).removeprefix("torch."))
-    w = load_file(str(Path(path) / SPARSIFY_WEIGHTS), device=device)
-    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
-             "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
-    return cfg, {k: v.to(dtype) for k, v in state.items()}
-
-
 def random_sae(d_in: int, d_sae: int, k: int, *, seed: int = 0, hook: str = "",
                model_name: str = "") -> SAE:
     """A control SAE: TopK, unit-norm Gaussian encoder rows, decoder = encoder transposed, zero biases."""
@@ -141,6 +120,27 @@ def random_sae(d_in: int, d_sae: int, k: int, *, seed: int = 0, hook: str = "",
     return sae.eval()
 
 
+def active_k(sae: SAE, subject=None, hook: str = "", rows: np.ndarray | None = None) -> int:
+    """Latents active per token: a TopK SAE's k, else (JumpReLU, ReLU) its mean L0 on ``rows``."""
+    k = getattr(sae.cfg, "k", None)
+    if k:
+        return int(k)
+    if subject is None or rows is None:
+        raise ValueError(f"A {sae.cfg.architecture()} SAE has no k: pass the model, hook and rows to measure its L0.")
+    x = hooked_activations(subject, hook, rows[:16])[:, 1:].reshape(-1, int(sae.cfg.d_in))
+    with torch.inference_mode():
+        l0 = (sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)) > 0).sum(-1).float().mean()
+    return max(1, round(float(l0)))
+
+
+def random_like(sae: SAE, subject, hook: str, rows: np.ndarray, *, seed: int = 0) -> SAE:
+    """The random-SAE control for ``sae``: ``random_sae`` of its width, with as many latents active
+    per token (``active_k``), on its device and in its dtype."""
+    k = active_k(sae, subject, hook, rows)
+    rnd = random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), k, seed=seed, hook=hook)
+    return rnd.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+
+
 def neuron_sae(subject, layer: int, k: int = 32) -> tuple[SAE, str]:
     """Neurons as an identity-like SAE (METHODS §6): at the MLP's hidden activation (the down
     projection's input), encoder and decoder are the identity and TopK keeps the k largest values
@@ -156,7 +156,7 @@ def neuron_sae(subject, layer: int, k: int = 32) -> tuple[SAE, str]:
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(d))
         sae.W_dec.copy_(torch.eye(d))
-    return sae.to(subject.device), hook
+    return sae.to(device=subject.device, dtype=next(subject.hf.parameters()).dtype), hook
 
 
 def output_directions(sae: SAE, subject, hook: str) -> torch.Tensor:
@@ -247,10 +247,10 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
 
 
 def _save(sae, folder: Path) -> None:
-    """sae-lens's ``save_inference_model``, with cfg.json's keys sorted (sae-lens's order varies
-    between processes), so the same training gives the same bytes."""
+    """sae-lens's ``save_inference_model`` (``save_model`` for an inference SAE), with cfg.json's keys
+    sorted (sae-lens's order varies between processes), so the same training gives the same bytes."""
     folder.mkdir(parents=True, exist_ok=True)
-    sae.save_inference_model(str(folder))
+    (getattr(sae, "save_inference_model", None) or sae.save_model)(str(folder))
     cfg = folder / "cfg.json"
     cfg.write_text(json.dumps(json.loads(cfg.read_text()), indent=2, sort_keys=True))
 

@@ -114,13 +114,12 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
         rows = np.asarray(reader.tokens[:random_rows])
         from . import saes
 
-        rnd = saes.random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k), seed=seed,
-                              hook=hook).to(next(sae.parameters()).device)
+        rnd = saes.random_like(sae, subject, hook, rows, seed=seed)
         picks = firing_latents(subject, rnd, hook, rows, len(out["trained"]), min_rows=2, seed=seed)
         rec = None if prog is None else Progress(resume, "intervention_random", {
             "trained": prog.fingerprint, "random_sae": sae_fingerprint(rnd), "rows": random_rows, "picks": picks})
-        out[iv.RANDOM_SAE] = iv.random_sae_control(subject, sae, hook, picks, rows, n_prompts=n_prompts,
-                                                   sae_seed=seed, seed=seed, record=rec,
+        out[iv.RANDOM_SAE] = iv.random_sae_control(subject, rnd, hook, picks, rows, n_prompts=n_prompts,
+                                                   seed=seed, record=rec,
                                                    **{k: v for k, v in kw.items() if k != "seed"})
         secs[iv.RANDOM_SAE] = time.perf_counter() - t0
     return InterventionRun(out, {k: round(v, 1) for k, v in secs.items()}, skipped)
@@ -185,8 +184,12 @@ def planted_output_sae(subject, words: Sequence[str], *, seed: int = 0):
     hook = f"model.layers.{subject.n_layers - 1}"
     head = hf.get_output_embeddings().weight.detach().float()
     norm = getattr(getattr(hf, "model", None), "norm", None)
-    gain = norm.weight.detach().float() if norm is not None else torch.ones(head.shape[1])
     with torch.no_grad():
+        # the norm's effective gain, read off its output for an input of RMS 1 (Gemma's RMSNorm
+        # scales by 1 + weight, Llama's by weight)
+        ones = torch.ones(1, head.shape[1], dtype=head.dtype if norm is None else norm.weight.dtype,
+                          device=subject.device)
+        gain = norm(ones)[0].float() if norm is not None else torch.ones(head.shape[1], device=head.device)
         a = head * gain
         a = a - a.mean(0)
         d = torch.linalg.solve(a.T @ a, a[ids].T).T

@@ -407,17 +407,13 @@ def shuffled_control(results: Sequence[ScorerResult], scorer, *,
     return [rescore(by[j], shuf[j], scorer, control=SHUFFLED) for j in sorted(by)]
 
 
-def random_sae_control(subject, sae, hook: str, latents: Sequence[int], tokens: np.ndarray, *,
-                       n_prompts: int = 8, min_len: int = 4, sae_seed: int = 0, seed: int = 0,
+def random_sae_control(subject, rnd, hook: str, latents: Sequence[int], tokens: np.ndarray, *,
+                       n_prompts: int = 8, min_len: int = 4, seed: int = 0,
                        record=None, **kw: Any) -> list[ScorerResult]:
-    """The whole pipeline with ``saes.random_sae`` of the same width and k as ``sae``; prompts come
-    from ``tokens`` rows where each random latent fires. Latents firing nowhere are skipped.
+    """The whole pipeline on ``rnd``, a random SAE (``saes.random_like`` the trained one); prompts
+    come from ``tokens`` rows where each random latent fires. Latents firing nowhere are skipped.
     ``record`` (a ``progress.Progress``) keeps each latent's result as it finishes."""
-    from .. import saes
     from ..progress import recorded
-
-    rnd = saes.random_sae(int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k), seed=sae_seed,
-                          hook=hook).to(next(sae.parameters()).device)
 
     def one(j: int) -> ScorerResult | None:
         prompts = prompts_from_rows(subject, rnd, hook, tokens, j, n_prompts, min_len=min_len, seed=seed)
