@@ -11,7 +11,7 @@ The shape they share:
 config (the settings table), rundir (the run-directory layout), records (what flows between
 stages), results (the one JSONL format), metrics, llm (endpoints, client, embedded server).
 Chapter glue: chapter (a chapter's preamble), scoring, judging, steering, widgets, run.
-Scale: distributed (sharded caching on torchrun), synthetic (random Gemma-2 and Gemma Scope SAEs in
+Scale: distributed (sharded caching on torchrun), remote (the model's traces on NDIF), synthetic (random Gemma-2 and Gemma Scope SAEs in
 their real formats, for offline tests and benchmarks).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ _STAGES = {"config", "rundir", "records", "results", "paths", "models", "corpus"
            "examples", "neighbours", "explain", "explanations", "scorers", "planted", "metrics", "llm", "chapter", "scoring",
            "judging", "steering", "widgets", "run", "baselines", "alignment", "layers", "findings",
            "completion", "selection", "agreement", "lab", "labview", "report", "export", "verify", "progress", "distributed",
-           "plain_explainers", "sae_formats", "synthetic"}
+           "plain_explainers", "sae_formats", "synthetic", "remote"}
 
 
 def dashboard(run_dir, latent: int | None = None, **kwargs):

@@ -92,6 +92,7 @@ def sparse_encode(sae, hidden: torch.Tensor, row0: int, first_pos: int = 0) -> d
     torch.topk's (values, indices) as they are: no dense [B, T, d_sae] scatter and nonzero scan.
     """
     k = _topk_k(sae)
+    hidden = hidden.to(sae.W_enc.device)  # a model spread over GPUs may hand a layer's output from another one
     with torch.inference_mode():
         if k is None:
             return sparsify(sae.encode(hidden.to(sae.W_enc.dtype)).cpu(), row0, first_pos)

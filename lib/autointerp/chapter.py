@@ -64,7 +64,7 @@ def open(section: str, profile: str, run_dir: str | Path | None = None, *, seed:
     cfg = config.load(run_dir)
     settings = config.settings(section, profile, **knobs)
     ch = Chapter(section, cfg, settings, cfg.seed if seed is None else int(seed))
-    ch.subject = models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    ch.subject = models.for_run(cfg)
     ch.decode = examples.TokenDecoder(ch.subject.tokenizer)
     if sae:
         ch.sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)

@@ -42,8 +42,9 @@ class RunConfig:
     batch_size: int = 16
     shard_rows: int = 256
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" | "auto" (the model's layers spread over every GPU)
     dtype: str = "float32"
+    remote: bool = False  # run the model's traces on NDIF (nnsight remote; key in NDIF_API_KEY)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

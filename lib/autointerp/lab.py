@@ -126,7 +126,7 @@ class Lab:
     def subject(self):
         from . import models
 
-        return models.load(self.cfg.model, device=self.device, dtype=self.cfg.dtype)
+        return models.load(self.cfg.model, device=self.device, dtype=self.cfg.dtype, remote=self.cfg.remote)
 
     @cached_property
     def sae(self):

@@ -64,6 +64,7 @@ class SubjectModel:
     name: str  # what the user asked for ("embedded", a folder, a hub id)
     source: str  # the folder or id it was actually loaded from
     _nn: object | None = None
+    remote: bool = False  # traces run on NDIF (nnsight remote execution); ``hf`` holds no weights
 
     @property
     def nn(self):
@@ -110,6 +111,8 @@ class SubjectModel:
 
     def hook_dim(self, hook: str) -> int:
         """Width of the hooked output (or input), read off one tiny forward."""
+        if self.remote:  # no local weights: one remote trace
+            return int(hooked_output(self, hook, torch.tensor([[self.tokenizer.bos_token_id or 0]])).shape[-1])
         seen: list[int] = []
 
         def grab(_m, inp, out=None):
@@ -150,7 +153,7 @@ def hooked_output(subject, hook: str, input_ids: torch.Tensor) -> torch.Tensor:
     stops there (nnsight ``tracer.stop``)."""
     envoy, on_input = subject.envoy(hook), split_hook(hook)[1]
     with torch.inference_mode():
-        with subject.nn.trace(input_ids) as tracer:
+        with subject.nn.trace(input_ids, remote=subject.remote) as tracer:
             out = envoy.input if on_input else envoy.output
             hidden = (out[0] if isinstance(out, tuple) else out).save()
             tracer.stop()
@@ -161,10 +164,22 @@ class _Stop(Exception):
     """Raised inside a forward hook to stop the forward early."""
 
 
-def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
-    """Load the subject model: ``"embedded"``, a local HF folder, or a hub id."""
+def for_run(cfg) -> SubjectModel:
+    """The run's subject model, as its settings say (model, device, dtype, remote)."""
+    return load(cfg.model, device=cfg.device, dtype=cfg.dtype, remote=cfg.remote)
+
+
+def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float32",
+         remote: bool = False) -> SubjectModel:
+    """Load the subject model: ``"embedded"``, a local HF folder, or a hub id. ``device="auto"``
+    spreads the layers over every GPU (``device_map="auto"``, for models one device cannot hold);
+    ``remote=True`` runs its traces on NDIF (``remote.py``) and loads no weights here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if remote:
+        from .remote import load_remote
+
+        return load_remote(spec, dtype=dtype)
     torch_dtype = getattr(torch, dtype)
     if spec == EMBEDDED_MODEL:
         source = str(embedded_model_dir())
@@ -178,12 +193,15 @@ def load(spec: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str = "float
             raise HubUnreachable(_hub_hint(spec, "the hub is unreachable from this machine"))
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
+                                                  device_map="auto" if device == "auto" else None)
     except OSError as err:
         if source != spec:
             raise
         raise RuntimeError(_hub_hint(spec, f"{type(err).__name__}: {err}")) from err
-    hf.to(device).eval()
+    if device != "auto":  # with a device map, accelerate has placed every layer already
+        hf.to(device)
+    hf.eval()
     return SubjectModel(hf=hf, tokenizer=tok, name=spec, source=source)
 
 

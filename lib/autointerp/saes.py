@@ -44,7 +44,10 @@ class TrainReport:
 
 
 def load(spec: str, *, device: str = "cpu", dtype: str = "float32") -> SAE:
-    """Load an SAE from a folder or an sae-lens release (see module docstring)."""
+    """Load an SAE from a folder or an sae-lens release (see module docstring). ``device="auto"``
+    (the model spread over GPUs) puts the SAE on the first GPU, or the CPU without one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("sae-lens:"):
         release, _, sae_id = spec.removeprefix("sae-lens:").partition("/")
         if not sae_id:
@@ -200,6 +203,9 @@ def train_topk(subject, tokens: np.ndarray, hook: str, out_dir: Path, *, width: 
                           LoggingConfig, TopKTrainingSAEConfig)
     from sae_lens.load_model import HookedProxyLM
 
+    from .remote import needs_local_weights
+
+    needs_local_weights(subject, "Training an SAE")
     n_rows, ctx_len = tokens.shape
     if n_rows <= heldout_rows + 1:
         raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
@@ -296,6 +302,9 @@ def train_many(subject, tokens: np.ndarray, specs: dict[str, tuple[str, int]], o
     stage = Path(out_root) / (".training" + (f"-{subdir}" if subdir else ""))
     _finish_pass(stage, where)
     todo = {n: hw for n, hw in specs.items() if not (where[n] / SAE_LENS_WEIGHTS).exists()}
+    from .remote import needs_local_weights
+
+    needs_local_weights(subject, "Training an SAE")
     n_rows, ctx_len = tokens.shape
     if n_rows <= heldout_rows + 1:
         raise ValueError(f"Need more than {heldout_rows + 1} rows to train, got {n_rows}.")
