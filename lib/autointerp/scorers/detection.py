@@ -142,11 +142,13 @@ class DetectionScorer:
                 "1 if it does, 0 if it does not.")
 
     def system_prompt(self, n: int) -> str:
-        """Instructions for a prompt of n examples."""
-        sample = "[" + ", ".join("1" if i % 3 == 0 else "0" for i in range(n)) + "]"
+        """Instructions for prompts of n examples (one digit, or a list). It does not depend on how
+        many examples a list prompt holds (the user message says), so every prompt of a run starts
+        with the same tokens and one latent's prompts share everything up to the excerpts: what a
+        prefix-caching server (vLLM, llama.cpp, hosted APIs) computes once (bench/prompt_tokens.py)."""
         answer = ("Answer with a single digit, 1 or 0, and nothing else." if n == 1 else
-                  f"Answer with one list of {n} numbers, one per excerpt in order, for example "
-                  f"{sample}, and nothing else.")
+                  "Answer with one list of numbers, one per excerpt in order, for example "
+                  "[1, 0, 0, 1, 0], and nothing else.")
         return ("You are an interpretability researcher studying one feature of a language model. "
                 "You get an explanation of what the feature responds to and numbered text "
                 f"excerpts. {self._task()} {answer}")
