@@ -1,5 +1,6 @@
 """The LLM layer: ``endpoints`` (where requests go: explicit -> environment -> embedded server),
-``client`` (one async OpenAI-compatible client with retries and a response cache), ``ledger``
+``client`` (one async OpenAI-compatible client with retries and a response cache), ``batch`` (the
+OpenAI Batch API in front of it: submit, poll, resume), ``ledger``
 (what a client did and cost), ``budget`` (the estimate before a stage and its spending cap) and ``server`` (the embedded SmolLM2 behind a local llama.cpp server)."""
 from .budget import Budget, Estimate
 from .client import ChatRequest, ChatResponse, LLMClient

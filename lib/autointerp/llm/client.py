@@ -161,6 +161,11 @@ class LLMClient:
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def _api_key(self) -> str:
+        """The key itself, for the batch module's own openai client; never printed or stored."""
+        return self.__key
+
     def __repr__(self) -> str:
         return (f"LLMClient(base_url={self.endpoint.base_url!r}, model={self.endpoint.model!r}, "
                 f"cache_dir={str(self.cache_dir) if self.cache_dir else None!r}, {self.ledger!r})")
@@ -326,25 +331,49 @@ class LLMClient:
     async def _try(self, client: openai.AsyncOpenAI, req: ChatRequest,
                    use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
         """One HTTP call; returns (text, top_logprobs, (prompt_tokens, completion_tokens))."""
+        kwargs = self.request_body(req, use_lp)
+        if req.completion:
+            return await self._complete(client, kwargs.pop("prompt"), kwargs)
+        body = await self._post(lambda: client.chat.completions.with_raw_response.create(**kwargs),
+                                f"check base_url {self.endpoint.base_url!r} and model {self.endpoint.model!r}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _Retry(f"malformed response (not a chat completion with choices): {body[:200]!r}")
+        return self._parse_chat(data, use_lp)
+
+    def request_body(self, req: ChatRequest, use_lp: bool) -> dict[str, Any]:
+        """The JSON body this client sends for ``req`` (a batch job's lines carry the same)."""
         kwargs: dict[str, Any] = dict(model=self.endpoint.model, max_tokens=req.max_tokens,
                                       temperature=req.temperature, seed=req.seed)
         if req.stop:
             kwargs["stop"] = list(req.stop)
         if req.completion:
-            return await self._complete(client, req.messages[0][1], kwargs)
+            return {**kwargs, "prompt": req.messages[0][1]}
         kwargs["messages"] = [{"role": r, "content": c} for r, c in req.messages]
         if use_lp:
             kwargs["logprobs"] = True
             if req.top_logprobs:
                 kwargs["top_logprobs"] = req.top_logprobs
-        body = await self._post(lambda: client.chat.completions.with_raw_response.create(**kwargs),
-                                f"check base_url {self.endpoint.base_url!r} and model {self.endpoint.model!r}")
+        return kwargs
+
+    def parse_body(self, key: str, req: ChatRequest, data: Any) -> ChatResponse | None:
+        """A chat completion's JSON (e.g. one answer of a batch job) as the response to ``req``, or
+        None when it is not a usable answer (the live path then sends ``req``)."""
         try:
-            data = json.loads(body)
+            text, top, usage = self._parse_chat(data, req.logprobs)
+        except _Retry:
+            return None
+        return ChatResponse(key, text, top, *usage, cached=False, logprobs_fallback=req.logprobs and not top,
+                            attempts=1)
+
+    @staticmethod
+    def _parse_chat(data: Any, use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
+        try:
             choice = data["choices"][0]
             message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retry(f"malformed response (not a chat completion with choices): {body[:200]!r}")
+        except (KeyError, IndexError, TypeError):
+            raise _Retry(f"malformed response (not a chat completion with choices): {str(data)[:200]!r}")
         text = message.get("content") if isinstance(message, dict) else None
         if not isinstance(text, str):
             raise _Fatal(f"the endpoint returned no text (finish_reason="
@@ -414,6 +443,10 @@ class LLMClient:
             if not self.budget.dry_run and not self._reachable:
                 check_reachable(self.endpoint)  # one clear error before sending into retries
                 self._reachable = True
+            if self.endpoint.batch and not self.budget.dry_run:  # one batch job first, into the cache
+                from .batch import prefill
+
+                prefill(self, [r for r in reqs if not r.completion], poll_s=self.endpoint.batch_poll_s, desc=desc)
 
         async def main() -> list[ChatResponse]:
             bar = tqdm(total=len(reqs), desc=desc, disable=not reqs)

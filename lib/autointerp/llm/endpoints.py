@@ -34,6 +34,8 @@ class Endpoint:
     lists: bool = True  # answers "one list of n numbers" reliably (judges show n examples per prompt)
     context_tokens: int | None = None  # prompt + reply budget, when known
     embedded: bool = False  # the embedded 135M model behind the local server: a mechanics check only
+    batch: bool = False  # send a stage's uncached requests as one OpenAI Batch API job first (llm/batch.py)
+    batch_poll_s: float = 30.0  # seconds between polls of a batch job
 
     @property
     def is_local(self) -> bool:
@@ -68,8 +70,9 @@ def endpoint_from_env() -> Endpoint | None:
     AUTOINTERP_LLM_API_KEY_ENV, else AUTOINTERP_LLM_API_KEY if set, else OPENAI_API_KEY. Optional:
     AUTOINTERP_LLM_PRICE_PROMPT / AUTOINTERP_LLM_PRICE_COMPLETION (USD per million tokens) and
     AUTOINTERP_LLM_LOGPROBS (1/0) when the endpoint's logprob support is known,
-    AUTOINTERP_LLM_LISTS (1/0: whether it can answer with a list) and AUTOINTERP_LLM_CONTEXT
-    (its context length in tokens).
+    AUTOINTERP_LLM_LISTS (1/0: whether it can answer with a list), AUTOINTERP_LLM_CONTEXT
+    (its context length in tokens) and AUTOINTERP_LLM_BATCH (1: send each stage's requests as one
+    Batch API job first; hosted APIs charge about half and answer within 24 h).
     """
     base_url = os.environ.get("AUTOINTERP_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     model = os.environ.get("AUTOINTERP_LLM_MODEL") or os.environ.get("OPENAI_MODEL")
@@ -94,6 +97,7 @@ def endpoint_from_env() -> Endpoint | None:
                     price_completion_per_mtok=_env_float("AUTOINTERP_LLM_PRICE_COMPLETION"),
                     supports_logprobs=_env_bool("AUTOINTERP_LLM_LOGPROBS"),
                     lists=_env_bool("AUTOINTERP_LLM_LISTS") is not False,
+                    batch=_env_bool("AUTOINTERP_LLM_BATCH") is True,
                     context_tokens=None if context is None else int(context))
 
 
