@@ -67,7 +67,7 @@ def test_empty_and_too_small_corpus(tmp_path, subject):
 
 
 def test_unknown_profile(tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown profile 'tiny'; choose one of \['smoke', 'demo', 'full'\]"):
+    with pytest.raises(ValueError, match=r"Unknown profile 'tiny'; choose one of \['smoke', 'demo', 'full', 'mini'\]"):
         config.resolve("tiny", tmp_path)
 
 

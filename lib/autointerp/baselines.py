@@ -87,8 +87,12 @@ def build_variant(cfg, name: str, subject, packed, *, train_tokens: int | None =
         sae, hook = saes.neuron_sae(subject, layer, k=k)
         return sae, hook, subject, {"source": f"neurons of layer {layer}"}
     if name == "random_sae":
-        run_sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)  # its width and k (or L0)
-        sae = saes.random_like(run_sae, subject, cfg.hook, packed.tokens, seed=cfg.seed)
+        if cfg.sae == "train":  # the run trains a TopK SAE of this width and k
+            sae = saes.random_sae(subject.hook_dim(cfg.hook), width, k, seed=cfg.seed, hook=cfg.hook).to(
+                device=subject.device, dtype=next(subject.hf.parameters()).dtype)
+        else:  # a loaded SAE: its width, and its k or (JumpReLU) its L0
+            run_sae = saes.load(cfg.sae_spec, device=cfg.device, dtype=cfg.dtype)
+            sae = saes.random_like(run_sae, subject, cfg.hook, packed.tokens, seed=cfg.seed)
         return sae, cfg.hook, subject, {"source": f"random, seed {cfg.seed}"}
     hooks = {"narrow": cfg.hook, "mlp": mlp_hook(subject, cfg.hook), "sae": cfg.hook, "random_model": cfg.hook}
     if sources and name in sources:
