@@ -97,6 +97,13 @@ def test_stages_that_need_weights_say_so():
     subject.remote = True  # as load_remote builds it (the weights would be meta tensors)
     with pytest.raises(ValueError, match="Training an SAE needs the model's weights on this machine"):
         saes.train_topk(subject, np.zeros((40, 8), np.int32), "model.layers.2", "/nonexistent", width=8, k=2)
+    from autointerp import steering
+    from autointerp.scorers.surprisal import SurprisalScorer
+
+    with pytest.raises(ValueError, match="Steering needs the model's weights"):
+        steering.run_all(subject, None, "model.layers.2", None, [1])
+    with pytest.raises(ValueError, match="The surprisal scorer needs the model's weights"):
+        SurprisalScorer(subject)
 
 
 def test_device_map_auto_caches_the_same_codes(monkeypatch):

@@ -2,10 +2,10 @@
 
 NDIF hosts a set of hub models (``nnsight.status()`` lists them); a trace sent with
 ``remote=True`` runs there and only the saved values come back, so a laptop can cache a 70B model's
-activations. Here the model is built on the meta device (config and tokenizer from the hub, no
-weights), and ``models.hooked_output`` sends each trace remotely: caching (chapter 01) and anything
+activations. Here the model is an undispatched ``nnsight.TransformersModel`` (its module tree on
+the meta device: config and tokenizer from the hub, no weights), and ``models.hooked_output`` sends each trace remotely: caching (chapter 01) and anything
 else that reads activations through it. Stages that need the weights locally (training an SAE,
-steering, the surprisal scorer's forwards) stop with an error that says so.
+steering, the surprisal scorer's forwards; ``needs_local_weights``) stop with an error that says so.
 
 The API key is read from the environment variable ``NDIF_API_KEY`` only (nnsight reads it there
 too); it is never written into run.json, results, error messages or notebooks.
@@ -77,8 +77,12 @@ def load_remote(spec: str, *, dtype: str = "bfloat16"):
     import nnsight
     import torch
 
-    lm = nnsight.LanguageModel(spec, dtype=getattr(torch, dtype))
-    return SubjectModel(hf=lm._model, tokenizer=lm.tokenizer, name=spec, source=f"ndif:{spec}", _nn=lm, remote=True)
+    # not dispatched: the module tree on the meta device, which is all a remote trace needs here
+    from transformers import AutoTokenizer
+
+    lm = nnsight.TransformersModel(spec, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(spec),
+                                   dtype=getattr(torch, dtype))
+    return SubjectModel(hf=lm._module, tokenizer=lm.tokenizer, name=spec, source=f"ndif:{spec}", _nn=lm, remote=True)
 
 
 def needs_local_weights(subject, what: str) -> None:

@@ -71,6 +71,9 @@ def run_all(subject, sae, hook: str, reader, latents: Sequence[int], *, n_prompt
     from tqdm.auto import tqdm
 
     from . import results
+    from .remote import needs_local_weights
+
+    needs_local_weights(subject, "Steering")
     from .cache import sae_fingerprint
     from .progress import Progress, result_from
 

@@ -54,6 +54,9 @@ class SurprisalScorer:
 
             model = models.load("embedded")
         if hasattr(model, "hf"):  # a SubjectModel
+            from ..remote import needs_local_weights
+
+            needs_local_weights(model, "The surprisal scorer")
             tokenizer = tokenizer or model.tokenizer
             self.model_name = str(model.name)
             model = model.hf
