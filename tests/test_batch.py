@@ -16,6 +16,7 @@ import pytest
 
 from autointerp.llm import ChatRequest, Endpoint, LLMClient
 from autointerp.llm import batch
+from autointerp.llm.wire import request_body
 from batch_server import BatchServer
 
 REQS = [ChatRequest((("user", f"question {i}: {'yes' if i % 2 else 'no'}"),), 4) for i in range(12)]
@@ -79,7 +80,7 @@ def test_a_kill_between_upload_and_create_finds_the_job(tmp_path):
 
         api = openai.OpenAI(base_url=s.base_url, api_key="sk-local")
         lines = "\n".join(json.dumps({"custom_id": k, "method": "POST", "url": batch.ENDPOINT,
-                                      "body": c.request_body(r, False)}) for k, r in zip(keys, REQS[2:]))
+                                      "body": request_body("m", r, False)}) for k, r in zip(keys, REQS[2:]))
         up = api.files.create(file=("requests.jsonl", lines.encode()), purpose="batch")
         api.batches.create(input_file_id=up.id, endpoint=batch.ENDPOINT, completion_window="24h")
         path.write_text(json.dumps({"input_file_id": up.id, "n": len(keys), "model": "m"}))

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from .client import ChatResponse
+from .wire import Retry, parse_chat, request_body
+
 if TYPE_CHECKING:
     from .client import ChatRequest, LLMClient
 
@@ -31,6 +34,16 @@ ENDPOINT = "/v1/chat/completions"
 
 class BatchFailed(RuntimeError):
     """The batch job ended without answering (failed, expired, cancelled): what it answered is cached."""
+
+
+def _answer(key: str, req: "ChatRequest", data: object) -> ChatResponse | None:
+    """One batch answer (a chat completion's JSON) as the response to ``req``; None when it is not
+    a usable answer (the live path then sends ``req``)."""
+    try:
+        text, top, usage = parse_chat(data, req.logprobs)
+    except Retry:
+        return None
+    return ChatResponse(key, text, top, *usage, cached=False, logprobs_fallback=req.logprobs and not top, attempts=1)
 
 
 def _write_state(path: Path, state: dict) -> None:
@@ -68,7 +81,7 @@ def prefill(client: "LLMClient", reqs: Sequence["ChatRequest"], *, poll_s: float
     if not state.get("batch_id"):
         if not state.get("input_file_id"):
             lines = [json.dumps({"custom_id": k, "method": "POST", "url": ENDPOINT,
-                                 "body": client.request_body(r, r.logprobs)}) for k, r in todo.items()]
+                                 "body": request_body(model, r, r.logprobs)}) for k, r in todo.items()]
             for r in todo.values():  # a batch counts against the spending cap as the live calls would
                 over = client.spending.refusal(r.messages, r.max_tokens)
                 if over:
@@ -113,7 +126,7 @@ def prefill(client: "LLMClient", reqs: Sequence["ChatRequest"], *, poll_s: float
             resp = item.get("response") or {}
             if req is None or item.get("error") or resp.get("status_code") != 200:
                 continue  # not answered: the live path sends it
-            answer = client.parse_body(item["custom_id"], req, resp.get("body"))
+            answer = _answer(item["custom_id"], req, resp.get("body"))
             if answer is not None:
                 client._cache_put(req, answer)
                 cached += 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import email.utils
 import hashlib
 import json
 import os
@@ -31,6 +30,9 @@ from . import budget as _budget
 from .budget import Budget, Estimate, Spending
 from .endpoints import Endpoint, check_reachable
 from .ledger import Ledger
+from .wire import Fatal as _Fatal
+from .wire import Retry as _Retry
+from .wire import parse_chat, request_body, retry_after_s as _retry_after_s
 
 ROLES = ("system", "user", "assistant")
 MAX_RETRY_AFTER_S = 300.0
@@ -94,34 +96,6 @@ class ChatResponse:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-class _Retry(Exception):
-    """A failed try that may succeed when repeated."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.retry_after = status, retry_after
-
-
-class _Fatal(_Retry):
-    """A failed try that repeating will not fix (e.g. HTTP 400/401/404)."""
-
-
-def _retry_after_s(headers: Any) -> float | None:
-    """Seconds to wait from retry-after-ms, or Retry-After (seconds or HTTP date); None if absent."""
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name) if headers is not None else None
-        if not value:
-            continue
-        try:
-            return max(float(value) * scale, 0.0)
-        except ValueError:
-            try:
-                return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-            except (TypeError, ValueError):
-                continue
-    return None
 
 
 @dataclass
@@ -331,7 +305,7 @@ class LLMClient:
     async def _try(self, client: openai.AsyncOpenAI, req: ChatRequest,
                    use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
         """One HTTP call; returns (text, top_logprobs, (prompt_tokens, completion_tokens))."""
-        kwargs = self.request_body(req, use_lp)
+        kwargs = request_body(self.endpoint.model, req, use_lp)
         if req.completion:
             return await self._complete(client, kwargs.pop("prompt"), kwargs)
         body = await self._post(lambda: client.chat.completions.with_raw_response.create(**kwargs),
@@ -340,56 +314,7 @@ class LLMClient:
             data = json.loads(body)
         except ValueError:
             raise _Retry(f"malformed response (not a chat completion with choices): {body[:200]!r}")
-        return self._parse_chat(data, use_lp)
-
-    def request_body(self, req: ChatRequest, use_lp: bool) -> dict[str, Any]:
-        """The JSON body this client sends for ``req`` (a batch job's lines carry the same)."""
-        kwargs: dict[str, Any] = dict(model=self.endpoint.model, max_tokens=req.max_tokens,
-                                      temperature=req.temperature, seed=req.seed)
-        if req.stop:
-            kwargs["stop"] = list(req.stop)
-        if req.completion:
-            return {**kwargs, "prompt": req.messages[0][1]}
-        kwargs["messages"] = [{"role": r, "content": c} for r, c in req.messages]
-        if use_lp:
-            kwargs["logprobs"] = True
-            if req.top_logprobs:
-                kwargs["top_logprobs"] = req.top_logprobs
-        return kwargs
-
-    def parse_body(self, key: str, req: ChatRequest, data: Any) -> ChatResponse | None:
-        """A chat completion's JSON (e.g. one answer of a batch job) as the response to ``req``, or
-        None when it is not a usable answer (the live path then sends ``req``)."""
-        try:
-            text, top, usage = self._parse_chat(data, req.logprobs)
-        except _Retry:
-            return None
-        return ChatResponse(key, text, top, *usage, cached=False, logprobs_fallback=req.logprobs and not top,
-                            attempts=1)
-
-    @staticmethod
-    def _parse_chat(data: Any, use_lp: bool) -> tuple[str, tuple | None, tuple[int, int]]:
-        try:
-            choice = data["choices"][0]
-            message = choice["message"]
-        except (KeyError, IndexError, TypeError):
-            raise _Retry(f"malformed response (not a chat completion with choices): {str(data)[:200]!r}")
-        text = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(text, str):
-            raise _Fatal(f"the endpoint returned no text (finish_reason="
-                         f"{choice.get('finish_reason')!r}); raise max_tokens or check the model")
-        usage = data.get("usage") or {}
-        counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        top = None
-        content = ((choice.get("logprobs") or {}).get("content") or []) if use_lp else []
-        if content:
-            try:
-                top = tuple(((t["token"], float(t["logprob"])),) + tuple(
-                    (a["token"], float(a["logprob"])) for a in (t.get("top_logprobs") or ()))
-                    for t in content)
-            except (KeyError, TypeError, ValueError):
-                raise _Retry(f"malformed logprobs in response: {str(content)[:200]!r}")
-        return text, top, counts
+        return parse_chat(data, use_lp)
 
     async def _post(self, send, not_found: str) -> str:
         """The body of one HTTP call (``send()``: the openai coroutine), its failures sorted into
