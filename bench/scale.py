@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from autointerp import config, synthetic
+from autointerp import config, sae_formats, synthetic
 from autointerp.cache import sparse_encode
 from autointerp.models import SubjectModel, hooked_output
 
@@ -72,7 +72,7 @@ def main() -> None:
     pre = hidden.reshape(-1, d).float().cpu() @ w_dec.T
     threshold = pre.mean(0) + 3.3 * pre.std(0)
     del pre
-    sae = synthetic.sae_formats.from_gemma_scope_state(
+    sae = sae_formats.from_gemma_scope_state(
         {"W_enc": w_dec.T.contiguous(), "W_dec": w_dec, "b_enc": torch.zeros(args.width), "b_dec": torch.zeros(d),
          "threshold": threshold}, hook_name=f"blocks.{args.layers - 1}.hook_resid_post")
     sae = sae.to(device=args.device, dtype=dt)

@@ -58,8 +58,9 @@ def gemma2_folder(out: str | Path, *, tokenizer_from: str | Path | None = None, 
     return out
 
 
-def gemma_scope_hook_name(hook: str) -> str:
-    """The TransformerLens hook name Gemma Scope's configs use for one of our module paths."""
+def transformer_lens_hook(hook: str) -> str:
+    """The TransformerLens hook name Gemma Scope's configs give for one of our module paths
+    (``sae_formats.gemma_scope_hook_name`` reads it off a release folder's path instead)."""
     from .models import layer_of
 
     layer = layer_of(hook)
@@ -84,17 +85,15 @@ def gemma_scope_sae(subject, hook: str, tokens: np.ndarray, out: str | Path, *, 
     b_dec = x.mean(0)
     pre = (x - b_dec) @ w_dec.T
     threshold = torch.quantile(pre, 1 - target_rate, dim=0).clamp_min(1e-3)
-    b_enc = torch.zeros(width)
-    state = {"W_enc": w_dec.T.contiguous(), "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec,
-             "threshold": threshold}
-    # b_dec is not subtracted before encoding in Gemma Scope (apply_b_dec_to_input False): fold it
-    state["b_enc"] = -(b_dec @ state["W_enc"])
+    w_enc = w_dec.T.contiguous()
+    # Gemma Scope does not subtract b_dec before encoding (apply_b_dec_to_input False): fold it into b_enc
+    state = {"W_enc": w_enc, "W_dec": w_dec, "b_enc": -(b_dec @ w_enc), "b_dec": b_dec, "threshold": threshold}
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     if npz:
         np.savez(out / sae_formats.GEMMA_SCOPE_WEIGHTS, **{k: v.numpy() for k, v in state.items()})
-    sae = sae_formats.from_gemma_scope_state(state, hook_name=gemma_scope_hook_name(hook), model_name=subject.name)
+    sae = sae_formats.from_gemma_scope_state(state, hook_name=transformer_lens_hook(hook), model_name=subject.name)
     saes._save(sae, out)
     return out
