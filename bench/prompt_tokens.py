@@ -56,6 +56,13 @@ def measure(scorer: DetectionScorer, tok, exs: list[Window]) -> dict:
             "uncached": total - shared * (len(ids) - 1)}
 
 
+def detection_tokens(tok, n_pos: int = 50, n_neg: int = 50, per_prompt: int = 5) -> dict:
+    """``measure`` for one latent's detection prompts on corpus excerpts (the full profile's sizes)."""
+    packed = corpus.load_and_pack("stdlib", tok, 64, 64 * (n_pos + n_neg + 1), 0)
+    scorer = DetectionScorer(client=None, decode=examples.TokenDecoder(tok), n_per_prompt=per_prompt)
+    return measure(scorer, tok, windows(packed.tokens, n_pos, n_neg))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-pos", type=int, default=50)
@@ -64,10 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     subject = models.load("embedded")
     tok = subject.tokenizer
-    packed = corpus.load_and_pack("stdlib", tok, 64, 64 * (args.n_pos + args.n_neg + 1), 0)
-    exs = windows(packed.tokens, args.n_pos, args.n_neg)
-    decode = examples.TokenDecoder(tok)
-    rows = {n: measure(DetectionScorer(client=None, decode=decode, n_per_prompt=n), tok, exs) for n in args.layouts}
+    rows = {n: detection_tokens(tok, args.n_pos, args.n_neg, n) for n in args.layouts}
     ref = rows.get(5) or next(iter(rows.values()))
     print(f"detection judge, one latent: {args.n_pos} + {args.n_neg} excerpts of 32 tokens "
           f"(tokens: {tok.name_or_path.rsplit('/', 1)[-1]}'s tokenizer and chat template)")

@@ -7,7 +7,7 @@ JumpReLU at Gemma Scope's 131k width. Measured side by side in one run: tokens/s
 per block, of the SAE encode and sparse write, and of the whole caching step for a slice of rows.
 From these rates and the full profile's settings it prints the paper-scale estimate: hours to
 cache 10M tokens at layer 32, and LLM calls and prompt tokens per 1,000 latents (tokens per call
-from bench/prompt_tokens.py's layout; cost only at a price you give).
+measured with bench/prompt_tokens.py's code; cost only at a price you give).
 
     python bench/scale.py                       # CPU: 2 blocks, 2 rows of 256 tokens
     python bench/scale.py --device cuda --dtype bfloat16 --layers 4 --rows 32
@@ -48,18 +48,15 @@ def main() -> None:
     args = ap.parse_args()
     full = config.resolve("full")
     dt = getattr(torch, args.dtype)
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    shape = {**synthetic.GEMMA2_9B, "num_hidden_layers": args.layers}
-    t0 = time.perf_counter()
-    with torch.device(args.device):
-        model = Gemma2ForCausalLM(Gemma2Config(**shape, attn_implementation="eager")).to(dt).eval()
-    build_s = time.perf_counter() - t0
     from transformers import AutoTokenizer
 
     from autointerp.models import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()))  # nnsight's wrapper wants one; ids are random
+    shape = {**synthetic.GEMMA2_9B, "num_hidden_layers": args.layers}
+    t0 = time.perf_counter()
+    model = synthetic.gemma2_model(tok, dtype=args.dtype, device=args.device, **shape)
+    build_s = time.perf_counter() - t0
     subject = SubjectModel(hf=model, tokenizer=tok, name="random Gemma-2-9B shapes", source="bench")
     hook = f"model.layers.{args.layers - 1}"
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -104,7 +101,10 @@ def main() -> None:
         "intruder": s["detection"]["n_trials"],
         "simulation (per excerpt)": s["simulation"]["n_pos"] + s["simulation"]["n_neg"],
     }
-    tokens_per_call = 6920 / 20  # bench/prompt_tokens.py: 5 per prompt, 100 excerpts -> 20 calls, 6,920 tokens
+    from prompt_tokens import detection_tokens  # bench/prompt_tokens.py, beside this script
+
+    judge = detection_tokens(tok, s["detection"]["n_pos"], s["detection"]["n_neg"], per_prompt)
+    tokens_per_call = judge["tokens"] / judge["prompts"]  # measured on this tokenizer, not a constant
     total = sum(calls.values())
     print("LLM calls per 1,000 latents (full profile sizes; simulation counted for every latent, the full profile runs it on half):")
     for k, v in calls.items():

@@ -31,22 +31,32 @@ TINY = dict(hidden_size=64, intermediate_size=256, num_attention_heads=2, num_ke
             head_dim=32, num_hidden_layers=6)
 
 
-def gemma2_folder(out: str | Path, *, tokenizer_from: str | Path | None = None, seed: int = 0,
-                  dtype: str = "float32", **shape) -> Path:
-    """Save a randomly initialised ``Gemma2ForCausalLM`` (``TINY`` shapes unless given) with a
-    tokenizer (the embedded model's unless ``tokenizer_from``) as an HF folder; returns it."""
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+def gemma2_model(tokenizer, *, seed: int = 0, dtype: str = "float32", device: str = "cpu", **shape):
+    """A randomly initialised ``Gemma2ForCausalLM`` (``TINY`` shapes and the tokenizer's vocabulary
+    unless given), its special tokens the tokenizer's, built on ``device``."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from .models import embedded_model_dir
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_from or embedded_model_dir()))
+    tok = tokenizer
     dims = {**TINY, "vocab_size": len(tok), **shape}
     cfg = Gemma2Config(**dims, max_position_embeddings=8192, sliding_window=4096,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                        attn_implementation="eager", tie_word_embeddings=True)
     torch.manual_seed(seed)
-    model = Gemma2ForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+    with torch.device(device):
+        return Gemma2ForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+
+
+def gemma2_folder(out: str | Path, *, tokenizer_from: str | Path | None = None, seed: int = 0,
+                  dtype: str = "float32", **shape) -> Path:
+    """Save ``gemma2_model`` with its tokenizer (the embedded model's unless ``tokenizer_from``) as
+    an HF folder; returns it."""
+    from transformers import AutoTokenizer
+
+    from .models import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_from or embedded_model_dir()))
+    model = gemma2_model(tok, seed=seed, dtype=dtype, **shape)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
